@@ -1,0 +1,202 @@
+// Package edge is rowcast's edge server: an Echo app that serves WebSocket
+// (melody) and Server-Sent Events clients from one realtime.Hub fed by Redis,
+// plus health endpoints and the demo page. It is stateless: run any number.
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/labstack/echo/v4"
+	"github.com/olahol/melody"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rowcast/rowcast/internal/connect"
+	"github.com/rowcast/rowcast/realtime"
+	"github.com/rowcast/rowcast/realtime/redisbus"
+)
+
+// Server is one edge process. Create it with New, start it with Run.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	ln     net.Listener
+	echo   *echo.Echo
+	melody *melody.Melody
+	rdb    redis.UniversalClient
+	bus    *redisbus.Bus
+	hub    *realtime.Hub
+	db     *pgxpool.Pool // nil without DATABASE_URL
+
+	draining atomic.Bool
+	mu       sync.Mutex
+	clients  map[*realtime.Client]bool // value: true for WebSocket
+}
+
+// New builds the server and binds its listen address; it does not connect
+// to Redis yet (Run does, and keeps retrying).
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	rdb, err := connect.Redis(cfg.RedisURL)
+	if err != nil {
+		return nil, err
+	}
+	var db *pgxpool.Pool
+	if cfg.DatabaseURL != "" {
+		if db, err = connect.PostgresPool(ctx, "DATABASE_URL", cfg.DatabaseURL); err != nil {
+			rdb.Close()
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		rdb.Close()
+		if db != nil {
+			db.Close()
+		}
+		return nil, fmt.Errorf("LISTEN_ADDR %q: %w", cfg.ListenAddr, err)
+	}
+	bus := redisbus.New(rdb, redisbus.Options{Logger: log})
+	s := &Server{
+		cfg: cfg, log: log, ln: ln, rdb: rdb, bus: bus, db: db,
+		hub:     realtime.NewHub(bus, log),
+		clients: map[*realtime.Client]bool{},
+	}
+	s.setupWebSocket()
+	s.echo = s.routes()
+	return s, nil
+}
+
+// Addr returns the bound address (useful with LISTEN_ADDR=127.0.0.1:0).
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+func (s *Server) routes() *echo.Echo {
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	e.GET("/readyz", s.handleReady)
+	e.GET("/ws", s.handleWS)
+	e.GET("/events", s.handleSSE)
+	s.demoRoutes(e)
+	return e
+}
+
+func (s *Server) handleReady(c echo.Context) error {
+	switch {
+	case s.draining.Load():
+		return c.String(http.StatusServiceUnavailable, "draining\n")
+	case !s.bus.Connected():
+		return c.String(http.StatusServiceUnavailable, "redis subscription down\n")
+	}
+	return c.String(http.StatusOK, "ok\n")
+}
+
+// handleWS upgrades GET /ws?rooms=a,b&lastEventId=<cursor>. Bad parameters
+// are refused before the upgrade with a 400 and a JSON error.
+func (s *Server) handleWS(c echo.Context) error {
+	rooms, err := parseRooms(c.QueryParam("rooms"), s.cfg.MaxRooms)
+	if err != nil {
+		return c.JSON(http.StatusBadRequest, realtime.Control{Type: realtime.TypeError, Code: errorCode(err), Message: err.Error()})
+	}
+	cursor, err := realtime.ParseCursor(c.QueryParam("lastEventId"))
+	if err != nil {
+		return c.JSON(http.StatusBadRequest, realtime.Control{Type: realtime.TypeError, Code: "bad_request", Message: err.Error()})
+	}
+	if s.draining.Load() {
+		return c.NoContent(http.StatusServiceUnavailable)
+	}
+	keys := map[string]any{"rooms": rooms, "cursor": cursor}
+	if err := s.melody.HandleRequestWithKeys(c.Response(), c.Request(), keys); err != nil {
+		s.log.Debug("websocket upgrade", "err", err)
+	}
+	return nil
+}
+
+// checkOrigin accepts every origin for now; see the README's security notes.
+func (s *Server) checkOrigin(*http.Request) bool { return true }
+
+func (s *Server) track(c *realtime.Client, add bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		s.clients[c] = true
+	} else {
+		delete(s.clients, c)
+	}
+}
+
+// Run serves until ctx ends, then drains: it fails /readyz, stops
+// accepting, tells every client to reconnect elsewhere, closes them spread
+// over the drain window, and returns.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.rdb.Close()
+	if s.db != nil {
+		defer s.db.Close()
+	}
+	busCtx, stopBus := context.WithCancel(context.WithoutCancel(ctx))
+	busDone := make(chan struct{})
+	go func() {
+		defer close(busDone)
+		_ = s.bus.Run(busCtx, s.hub)
+	}()
+	defer func() { stopBus(); <-busDone }()
+
+	srv := &http.Server{Handler: s.echo, ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(s.ln) }()
+	s.log.Info("edge server listening", "addr", s.Addr())
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.drain(srv)
+	return nil
+}
+
+// drain implements the graceful part of Run.
+func (s *Server) drain(srv *http.Server) {
+	s.draining.Store(true)
+	s.log.Info("draining", "timeout", s.cfg.DrainTimeout)
+	shutdownDone := make(chan struct{})
+	go func() {
+		defer close(shutdownDone)
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout+time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			s.log.Warn("shutdown", "err", err)
+		}
+	}()
+
+	s.mu.Lock()
+	clients := make([]*realtime.Client, 0, len(s.clients))
+	for c := range s.clients {
+		clients = append(clients, c)
+	}
+	s.mu.Unlock()
+	// Spread the closes over the window so clients do not all reconnect to
+	// the other edges in the same instant.
+	step := time.Duration(0)
+	if len(clients) > 0 {
+		step = s.cfg.DrainTimeout / 2 / time.Duration(len(clients))
+	}
+	for _, c := range clients {
+		c.Send(realtime.Control{Type: realtime.TypeReconnect, Code: "draining"})
+		c.Close(realtime.CloseDraining)
+		if step > 0 {
+			time.Sleep(step)
+		}
+	}
+	<-shutdownDone
+	_ = s.melody.Close()
+	s.log.Info("drained", "clients", len(clients))
+}

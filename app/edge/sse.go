@@ -1,0 +1,156 @@
+package edge
+
+import (
+	"bytes"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/rowcast/rowcast/realtime"
+)
+
+// sseTransport queues frames for one SSE stream; the request's goroutine
+// writes them. The queue is bounded: Send reports false when it is full.
+type sseTransport struct {
+	queue  chan realtime.Frame
+	done   chan struct{}
+	once   sync.Once
+	reason realtime.CloseReason
+}
+
+func (t *sseTransport) Send(f realtime.Frame) bool {
+	select {
+	case <-t.done:
+		return true // closing: drop quietly
+	default:
+	}
+	select {
+	case t.queue <- f:
+		return true
+	default:
+		return false
+	}
+}
+
+func (t *sseTransport) Close(reason realtime.CloseReason) {
+	t.once.Do(func() {
+		t.reason = reason
+		close(t.done)
+	})
+}
+
+// writeTimeout bounds one write to a stream: a client that does not read for
+// this long is cut off instead of holding the goroutine.
+const writeTimeout = 10 * time.Second
+
+// handleSSE serves GET /events?rooms=a,b. The stream resumes from the
+// Last-Event-ID header (the browser sends it on reconnect) or the
+// lastEventId query parameter.
+func (s *Server) handleSSE(c echo.Context) error {
+	req := c.Request()
+	rooms, err := parseRooms(c.QueryParam("rooms"), s.cfg.MaxRooms)
+	if err != nil {
+		return c.JSON(http.StatusBadRequest, realtime.Control{Type: realtime.TypeError, Code: errorCode(err), Message: err.Error()})
+	}
+	last := req.Header.Get("Last-Event-ID")
+	if last == "" {
+		last = c.QueryParam("lastEventId")
+	}
+	cursor, err := realtime.ParseCursor(last)
+	if err != nil {
+		return c.JSON(http.StatusBadRequest, realtime.Control{Type: realtime.TypeError, Code: "bad_request", Message: err.Error()})
+	}
+	if s.draining.Load() {
+		return c.NoContent(http.StatusServiceUnavailable)
+	}
+
+	w := c.Response()
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+
+	t := &sseTransport{queue: make(chan realtime.Frame, s.cfg.QueueSize), done: make(chan struct{})}
+	client := s.hub.NewClient(t, s.cfg.MaxRooms)
+	s.track(client, true)
+	defer func() {
+		s.track(client, false)
+		client.Close(realtime.CloseNormal)
+	}()
+
+	var buf bytes.Buffer
+	buf.WriteString("retry: 1000\n\n")
+	write := func() error {
+		if err := rc.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
+			return err
+		}
+		if _, err := w.Write(buf.Bytes()); err != nil {
+			return err
+		}
+		buf.Reset()
+		return rc.Flush()
+	}
+	if err := write(); err != nil {
+		return nil
+	}
+	// Joining runs beside the write loop, so replayed history streams out
+	// while later rooms are still joining.
+	go s.joinAll(req.Context(), client, rooms, cursor)
+
+	heartbeat := time.NewTicker(s.cfg.Heartbeat)
+	defer heartbeat.Stop()
+	for {
+		select {
+		case f := <-t.queue:
+			appendSSE(&buf, cursor, f)
+			// Coalesce what else is queued into one write and one flush.
+			for more := true; more && buf.Len() < 64<<10; {
+				select {
+				case f := <-t.queue:
+					appendSSE(&buf, cursor, f)
+				default:
+					more = false
+				}
+			}
+			if err := write(); err != nil {
+				return nil
+			}
+		case <-heartbeat.C:
+			buf.WriteString(": heartbeat\n\n")
+			if err := write(); err != nil {
+				return nil
+			}
+		case <-t.done:
+			ctl := realtime.Control{Type: realtime.TypeClosing, Code: t.reason.String()}
+			if t.reason == realtime.CloseDraining {
+				ctl.Type = realtime.TypeReconnect
+			}
+			appendSSE(&buf, cursor, realtime.Frame{Data: ctl.Encode(), Control: true})
+			_ = write()
+			return nil
+		case <-req.Context().Done():
+			return nil
+		}
+	}
+}
+
+// appendSSE formats one frame. Events carry "id:" with the cursor over all
+// the stream's rooms; control messages are the "control" event type.
+func appendSSE(buf *bytes.Buffer, cursor realtime.Cursor, f realtime.Frame) {
+	if f.Control {
+		buf.WriteString("event: control\n")
+	}
+	if !f.ID.IsZero() {
+		cursor[f.Room] = f.ID
+		buf.WriteString("id: ")
+		buf.WriteString(cursor.String())
+		buf.WriteByte('\n')
+	}
+	buf.WriteString("data: ")
+	buf.Write(f.Data)
+	buf.WriteString("\n\n")
+}

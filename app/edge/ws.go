@@ -1,0 +1,149 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/olahol/melody"
+
+	"github.com/rowcast/rowcast/realtime"
+)
+
+// WebSocket close codes for realtime.CloseReason (4000-4999 is the range
+// for applications).
+var closeCodes = map[realtime.CloseReason]int{
+	realtime.CloseNormal:   1000,
+	realtime.CloseDraining: 1012, // service restart
+	realtime.CloseSlow:     4008,
+	realtime.CloseExpired:  4001,
+}
+
+// wsTransport writes to one melody session. melody's own buffered channel
+// is the bounded queue; inflight counts what sits in it, so Send can refuse
+// before melody would drop a frame silently, keeping room for a close frame.
+type wsTransport struct {
+	s        *melody.Session
+	limit    int64
+	inflight atomic.Int64
+	once     sync.Once
+}
+
+const wsSessionKey = "rowcast.transport"
+
+func (t *wsTransport) Send(f realtime.Frame) bool {
+	if t.inflight.Add(1) > t.limit {
+		t.inflight.Add(-1)
+		return false
+	}
+	if err := t.s.Write(f.Data); err != nil {
+		t.inflight.Add(-1)
+		return !errors.Is(err, melody.ErrMessageBufferFull)
+	}
+	return true
+}
+
+// sent is called by melody after each text frame is written.
+func (t *wsTransport) sent() { t.inflight.Add(-1) }
+
+// Close sends a close frame with the reason behind what is queued, and cuts
+// the connection if it has not closed a few seconds later (a slow client may
+// never read that far).
+func (t *wsTransport) Close(reason realtime.CloseReason) {
+	t.once.Do(func() {
+		code, ok := closeCodes[reason]
+		if !ok {
+			code = 1011
+		}
+		if err := t.s.CloseWithMsg(melody.FormatCloseMessage(code, reason.String())); err != nil {
+			_ = t.s.Close()
+			return
+		}
+		time.AfterFunc(5*time.Second, func() { _ = t.s.Close() })
+	})
+}
+
+// setupWebSocket configures melody's handlers.
+func (s *Server) setupWebSocket() {
+	m := melody.New()
+	m.Config.MaxMessageSize = int64(s.cfg.MaxFrame)
+	// Two frames of headroom over the queue limit: a close frame always fits.
+	m.Config.MessageBufferSize = s.cfg.QueueSize + 2
+	m.Upgrader.CheckOrigin = s.checkOrigin
+	s.melody = m
+
+	m.HandleConnect(func(ms *melody.Session) {
+		t := &wsTransport{s: ms, limit: int64(s.cfg.QueueSize)}
+		c := s.hub.NewClient(t, s.cfg.MaxRooms)
+		ms.Set(wsSessionKey, c)
+		ms.Set(wsSessionKey+".t", t)
+		s.track(c, true)
+		rooms, _ := ms.Get("rooms")
+		cursor, _ := ms.Get("cursor")
+		s.joinAll(ms.Request.Context(), c, rooms.([]realtime.Room), cursor.(realtime.Cursor))
+	})
+	m.HandleDisconnect(func(ms *melody.Session) {
+		if c := sessionClient(ms); c != nil {
+			s.track(c, false)
+			c.Close(realtime.CloseNormal)
+		}
+	})
+	m.HandleSentMessage(func(ms *melody.Session, _ []byte) {
+		if v, ok := ms.Get(wsSessionKey + ".t"); ok {
+			v.(*wsTransport).sent()
+		}
+	})
+	m.HandleMessage(func(ms *melody.Session, b []byte) {
+		if c := sessionClient(ms); c != nil {
+			s.handleInbound(c, b)
+		}
+	})
+	m.HandleError(func(ms *melody.Session, err error) {
+		// Read errors end the session and reach HandleDisconnect; nothing
+		// else to do. (Closing here would re-enter this handler.)
+	})
+}
+
+func sessionClient(ms *melody.Session) *realtime.Client {
+	v, ok := ms.Get(wsSessionKey)
+	if !ok {
+		return nil
+	}
+	return v.(*realtime.Client)
+}
+
+// handleInbound acts on one client frame. It runs in the session's read
+// loop, so one client's slow subscribe delays only that client.
+func (s *Server) handleInbound(c *realtime.Client, b []byte) {
+	in, err := ParseInbound(b)
+	if err != nil {
+		c.Send(realtime.Control{Type: realtime.TypeError, Code: errorCode(err), Message: err.Error()})
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.JoinTimeout)
+	defer cancel()
+	switch in.Type {
+	case "ping":
+		c.Send(realtime.Control{Type: realtime.TypePong})
+	case "subscribe":
+		if err := c.Join(ctx, in.Room, in.Since); err != nil {
+			c.Send(realtime.Control{Type: realtime.TypeError, Room: in.Room, Code: errorCode(err), Message: err.Error()})
+		}
+	case "unsubscribe":
+		c.Leave(ctx, in.Room)
+		c.Send(realtime.Control{Type: realtime.TypeUnsubscribed, Room: in.Room})
+	}
+}
+
+// joinAll joins the rooms named at connect time, resuming from cursor.
+func (s *Server) joinAll(ctx context.Context, c *realtime.Client, rooms []realtime.Room, cursor realtime.Cursor) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.JoinTimeout)
+	defer cancel()
+	for _, r := range rooms {
+		if err := c.Join(ctx, r, cursor[r]); err != nil {
+			c.Send(realtime.Control{Type: realtime.TypeError, Room: r, Code: errorCode(err), Message: err.Error()})
+		}
+	}
+}

@@ -1,0 +1,62 @@
+// Command listener moves captured row changes from the PostgreSQL outbox to
+// Redis. One listener leads; others stand by and take over within seconds.
+//
+//	listener          run the relay
+//	listener migrate  apply the SQL migrations and exit
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rowcast/rowcast/internal/logging"
+	"github.com/rowcast/rowcast/listener/service"
+	"github.com/rowcast/rowcast/migrations"
+)
+
+func main() {
+	log := logging.New(os.Getenv("LOG_FORMAT"))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], log); err != nil {
+		log.Error("listener failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, log *slog.Logger) error {
+	cfg, err := service.ConfigFromEnv(os.LookupEnv)
+	if err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	if len(args) > 0 {
+		switch args[0] {
+		case "migrate":
+			mctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			applied, err := migrations.Up(mctx, cfg.DatabaseURL)
+			if err != nil {
+				return fmt.Errorf("migrate DATABASE_URL: %w", err)
+			}
+			log.Info("migrations applied", "versions", applied)
+			return nil
+		default:
+			return fmt.Errorf("unknown command %q (want: migrate, or none to run)", args[0])
+		}
+	}
+	m, err := service.New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := m.CheckSchema(cctx); err != nil {
+		return err
+	}
+	return m.Run(ctx)
+}

@@ -1,0 +1,256 @@
+// Package relay is the listener's worker: it holds leadership with a
+// Postgres advisory lock, waits for NOTIFY wake-ups (and polls slowly as a
+// safety net), and moves outbox rows to Redis in batches: one outbox query
+// and one Redis round trip per batch, rows removed only after Redis accepted
+// them.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rowcast/rowcast/listener/outbox"
+	"github.com/rowcast/rowcast/realtime/redisbus"
+)
+
+// Channel is the NOTIFY channel the capture trigger signals.
+const Channel = "rowcast"
+
+// LockKey is the advisory lock that elects the one active relay.
+const LockKey int64 = 0x726f7763617374 // "rowcast"
+
+// Config tunes a Relay.
+type Config struct {
+	BatchSize     int           // rows per outbox query and Redis round trip
+	PollInterval  time.Duration // safety poll, and how often a standby retries the lock
+	MaxEventBytes int           // larger rows travel truncated
+	MaxBackoff    time.Duration // cap on the wait between reconnects
+}
+
+// Relay moves outbox rows to Redis. Run it once per process.
+type Relay struct {
+	cfg     Config
+	connect func(ctx context.Context) (*pgx.Conn, error) // the LISTEN connection
+	store   *outbox.Store
+	pub     *redisbus.Publisher
+	log     *slog.Logger
+
+	leader    atomic.Bool
+	readyOnce sync.Once
+	ready     chan struct{}
+	published atomic.Int64
+}
+
+// New returns a Relay. connect opens the direct (not pooled through
+// PgBouncer) connection that holds the lock and LISTENs.
+func New(cfg Config, connect func(ctx context.Context) (*pgx.Conn, error), store *outbox.Store, pub *redisbus.Publisher, log *slog.Logger) *Relay {
+	return &Relay{cfg: cfg, connect: connect, store: store, pub: pub, log: log, ready: make(chan struct{})}
+}
+
+// Ready is closed once this relay has become leader and drained the backlog
+// for the first time.
+func (r *Relay) Ready() <-chan struct{} { return r.ready }
+
+// Leader reports whether this relay holds the leadership now.
+func (r *Relay) Leader() bool { return r.leader.Load() }
+
+// Published returns how many events this relay has published.
+func (r *Relay) Published() int64 { return r.published.Load() }
+
+// Run works until ctx ends, reconnecting with backoff. It returns nil on
+// cancellation.
+func (r *Relay) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	var down time.Time
+	for {
+		err := r.session(ctx, func() {
+			if !down.IsZero() {
+				r.log.Info("postgres connection restored", "after", time.Since(down).Round(time.Millisecond))
+				down = time.Time{}
+			}
+			backoff = 100 * time.Millisecond
+		})
+		r.leader.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if down.IsZero() {
+			down = time.Now()
+			r.log.Error("listener session ended; reconnecting", "err", err)
+		}
+		if !sleep(ctx, backoff) {
+			return nil
+		}
+		backoff = min(backoff*2, r.cfg.MaxBackoff)
+	}
+}
+
+// session owns one LISTEN connection: wait for the lock, LISTEN, drain, then
+// drain on every wake-up until the connection fails.
+func (r *Relay) session(ctx context.Context, up func()) error {
+	conn, err := r.connect(ctx)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	up()
+
+	if err := r.acquire(ctx, conn); err != nil {
+		return err
+	}
+	r.leader.Store(true)
+	r.log.Info("leading: relaying outbox to redis")
+	// Releasing matters when the process stays up (a standby takes over at
+	// once); closing the connection releases it too.
+	defer func() {
+		if conn.IsClosed() {
+			return
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_, _ = conn.Exec(rctx, "SELECT pg_advisory_unlock($1)", LockKey)
+	}()
+
+	if _, err := conn.Exec(ctx, "LISTEN "+Channel); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	// LISTEN first, then drain: a row committed in between wakes us again.
+	if err := r.drain(ctx); err != nil {
+		return err
+	}
+	r.readyOnce.Do(func() { close(r.ready) })
+
+	for {
+		wctx, cancel := context.WithTimeout(ctx, r.cfg.PollInterval)
+		_, err := conn.WaitForNotification(wctx)
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("wait for notification: %w", err)
+		}
+		if err != nil {
+			// Safety poll: prove the LISTEN connection (a half-open one
+			// would otherwise go unnoticed) and drain what NOTIFY missed.
+			pctx, cancel := context.WithTimeout(ctx, r.cfg.PollInterval)
+			perr := conn.Ping(pctx)
+			cancel()
+			if perr != nil {
+				return fmt.Errorf("ping listen connection: %w", perr)
+			}
+		}
+		if err := r.drain(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// acquire waits until this session holds the advisory lock.
+func (r *Relay) acquire(ctx context.Context, conn *pgx.Conn) error {
+	logged := false
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", LockKey).Scan(&got); err != nil {
+			return fmt.Errorf("try advisory lock: %w", err)
+		}
+		if got {
+			return nil
+		}
+		if !logged {
+			r.log.Info("standing by: another listener leads")
+			logged = true
+		}
+		if !sleep(ctx, r.cfg.PollInterval) {
+			return ctx.Err()
+		}
+		if err := conn.Ping(ctx); err != nil {
+			return fmt.Errorf("standby ping: %w", err)
+		}
+	}
+}
+
+// drain moves batches until the outbox is empty. A Redis failure is retried
+// here with backoff (the Postgres session and the leadership stay); a
+// Postgres failure ends the session.
+func (r *Relay) drain(ctx context.Context) error {
+	for {
+		rows, err := r.store.Oldest(ctx, r.cfg.BatchSize)
+		if err != nil {
+			return err
+		}
+		if len(rows) == 0 {
+			return nil
+		}
+		if err := r.relay(ctx, rows); err != nil {
+			return err
+		}
+		if len(rows) < r.cfg.BatchSize {
+			return nil
+		}
+	}
+}
+
+// relay publishes one batch, then removes it from the outbox.
+func (r *Relay) relay(ctx context.Context, rows []outbox.Row) error {
+	events := make([]redisbus.Event, 0, len(rows))
+	ids := make([]int64, 0, len(rows))
+	var rejected []int64
+	for _, row := range rows {
+		ev, err := encode(row, r.cfg.MaxEventBytes)
+		if err != nil {
+			r.log.Warn("rejecting outbox row", "id", row.ID, "err", err)
+			rejected = append(rejected, row.ID)
+			continue
+		}
+		events = append(events, ev)
+		ids = append(ids, row.ID)
+	}
+	if len(rejected) > 0 {
+		if err := r.store.Reject(ctx, rejected, "invalid room name"); err != nil {
+			return err
+		}
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	backoff := 100 * time.Millisecond
+	var down time.Time
+	for {
+		n, err := r.pub.Publish(ctx, events)
+		if err == nil {
+			r.published.Add(int64(n))
+			if !down.IsZero() {
+				r.log.Info("redis reachable again", "after", time.Since(down).Round(time.Millisecond))
+			}
+			break
+		}
+		if down.IsZero() {
+			down = time.Now()
+			r.log.Error("publish to redis failed; retrying", "err", err)
+		}
+		if !sleep(ctx, backoff) {
+			return ctx.Err()
+		}
+		backoff = min(backoff*2, r.cfg.MaxBackoff)
+	}
+	return r.store.Delete(ctx, ids)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,162 @@
+// Package service wires the listener process: configuration, the Postgres
+// and Redis connections, the relay, and a small health server.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rowcast/rowcast/internal/connect"
+	"github.com/rowcast/rowcast/internal/env"
+	"github.com/rowcast/rowcast/listener/outbox"
+	"github.com/rowcast/rowcast/listener/relay"
+	"github.com/rowcast/rowcast/migrations"
+	"github.com/rowcast/rowcast/realtime/redisbus"
+)
+
+// Config is the listener's configuration.
+type Config struct {
+	DatabaseURL       string // queries (may go through PgBouncer)
+	ListenDatabaseURL string // LISTEN and the leader lock: must be a direct connection
+	RedisURL          string
+	HealthAddr        string
+	Relay             relay.Config
+	History           redisbus.HistoryLimits
+}
+
+// ConfigFromEnv reads the configuration; the error names every bad setting.
+func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
+	r := env.New(lookup)
+	c := Config{
+		DatabaseURL: r.URL("DATABASE_URL", "", "postgres", "postgresql"),
+		RedisURL:    r.URL("REDIS_URL", "", "redis", "rediss"),
+		HealthAddr:  r.String("HEALTH_ADDR", ":8081"),
+		Relay: relay.Config{
+			BatchSize:     r.Int("ROWCAST_BATCH_SIZE", 500, 1, 10000),
+			PollInterval:  r.Duration("ROWCAST_POLL_INTERVAL", 2*time.Second, 10*time.Millisecond, time.Minute),
+			MaxEventBytes: r.Int("ROWCAST_MAX_EVENT_BYTES", 1<<20, 1024, 64<<20),
+			MaxBackoff:    r.Duration("ROWCAST_MAX_BACKOFF", 5*time.Second, 10*time.Millisecond, 5*time.Minute),
+		},
+		History: redisbus.HistoryLimits{
+			Len: r.Int("ROWCAST_HISTORY_LEN", 1000, 1, 1_000_000),
+			TTL: r.Duration("ROWCAST_HISTORY_TTL", 24*time.Hour, time.Second, 90*24*time.Hour),
+		},
+	}
+	c.ListenDatabaseURL = r.URL("LISTEN_DATABASE_URL", c.DatabaseURL, "postgres", "postgresql")
+	return c, r.Err()
+}
+
+// Main is one listener process.
+type Main struct {
+	cfg    Config
+	log    *slog.Logger
+	pool   *pgxpool.Pool
+	rdb    redis.UniversalClient
+	relay  *relay.Relay
+	health net.Listener
+}
+
+// New builds the process without connecting: services may come up later.
+// A bad HEALTH_ADDR is an error here.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Main, error) {
+	listenCfg, err := connect.PostgresConfig("LISTEN_DATABASE_URL", cfg.ListenDatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := connect.PostgresPool(ctx, "DATABASE_URL", cfg.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	rdb, err := connect.Redis(cfg.RedisURL)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.HealthAddr)
+	if err != nil {
+		pool.Close()
+		rdb.Close()
+		return nil, fmt.Errorf("HEALTH_ADDR %q: %w", cfg.HealthAddr, err)
+	}
+	connectListen := func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, listenCfg) }
+	rel := relay.New(cfg.Relay, connectListen, outbox.NewStore(pool), redisbus.NewPublisher(rdb, cfg.History), log)
+	return &Main{cfg: cfg, log: log, pool: pool, rdb: rdb, relay: rel, health: ln}, nil
+}
+
+// HealthAddr returns the health server's bound address.
+func (m *Main) HealthAddr() string { return m.health.Addr().String() }
+
+// Relay returns the process's relay.
+func (m *Main) Relay() *relay.Relay { return m.relay }
+
+// CheckSchema fails when the database lacks migrations, naming the fix.
+func (m *Main) CheckSchema(ctx context.Context) error {
+	n, err := migrations.Pending(ctx, m.cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("check schema at DATABASE_URL: %w", err)
+	}
+	if n > 0 {
+		return fmt.Errorf("database schema is %d migration(s) behind: run `listener migrate` first", n)
+	}
+	return nil
+}
+
+// Run relays until ctx ends, then releases leadership and closes everything.
+func (m *Main) Run(ctx context.Context) error {
+	defer m.pool.Close()
+	defer m.rdb.Close()
+
+	srv := &http.Server{Handler: m.healthHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(m.health); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			m.log.Error("health server", "err", err)
+		}
+	}()
+	m.log.Info("listener started", "health", m.HealthAddr())
+	err := m.relay.Run(ctx)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	m.log.Info("listener stopped")
+	return err
+}
+
+func (m *Main) healthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		var problems []string
+		if err := m.pool.Ping(ctx); err != nil {
+			problems = append(problems, "postgres: "+err.Error())
+		}
+		if err := m.rdb.Ping(ctx).Err(); err != nil {
+			problems = append(problems, "redis: "+err.Error())
+		}
+		if len(problems) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			for _, p := range problems {
+				fmt.Fprintln(w, p)
+			}
+			return
+		}
+		role := "standby"
+		if m.relay.Leader() {
+			role = "leader"
+		}
+		fmt.Fprintf(w, "ok %s\n", role)
+	})
+	return mux
+}

@@ -1,0 +1,42 @@
+package realtime
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrHistoryLost is returned by Bus.History when the events after the
+// requested id are no longer all held: trimmed, expired, or the epoch
+// changed. The caller must tell the client to reset.
+var ErrHistoryLost = errors.New("history lost")
+
+// ErrUnavailable is returned when the bus cannot reach its backend in time.
+var ErrUnavailable = errors.New("bus unavailable")
+
+// Bus is the distributed engine between the listener and every edge process.
+// Implementations deliver each published message of a subscribed room to
+// the Handler given to Run, once per process, in room order.
+// All methods may be called concurrently.
+type Bus interface {
+	// Run delivers messages to h until ctx ends. It reconnects on its own.
+	Run(ctx context.Context, h Handler) error
+	// Subscribe returns once live delivery for room is in place: any
+	// message published after it returns reaches the handler. head is the
+	// room's newest id read after that point (zero for a room never used).
+	Subscribe(ctx context.Context, room Room) (head ID, err error)
+	// Unsubscribe stops delivery for room; it does not wait.
+	Unsubscribe(ctx context.Context, room Room) error
+	// History returns the room's messages after the given id, oldest first,
+	// or ErrHistoryLost when some of them are gone.
+	History(ctx context.Context, room Room, after ID) ([]Message, error)
+}
+
+// Handler receives what a Bus delivers. The Hub implements it. Methods are
+// called from the bus's single reader goroutine and must not block long.
+type Handler interface {
+	// HandleMessage receives one live message.
+	HandleMessage(ctx context.Context, m Message)
+	// HandleResubscribed is called when room's live delivery was re-established
+	// after an interruption, during which messages may have been missed.
+	HandleResubscribed(ctx context.Context, room Room)
+}

@@ -1,0 +1,68 @@
+package realtime
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+)
+
+// Message is one event as it travels from the Bus to clients: Data holds the
+// exact wire bytes (a JSON object whose first member is "id"), encoded once by
+// the publisher and shared read-only by every client that receives it.
+type Message struct {
+	Room Room
+	ID   ID
+	Data []byte
+}
+
+var idPrefix = []byte(`{"id":"`)
+
+// ParseMessage reads the room and id of an encoded event without decoding
+// the row: the publisher always writes "id" first, so a prefix scan suffices.
+func ParseMessage(room Room, data []byte) (Message, error) {
+	if !bytes.HasPrefix(data, idPrefix) {
+		return Message{}, fmt.Errorf("%w: event does not start with an id", ErrBadID)
+	}
+	rest := data[len(idPrefix):]
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 {
+		return Message{}, fmt.Errorf("%w: unterminated id", ErrBadID)
+	}
+	id, err := ParseID(string(rest[:end]))
+	if err != nil {
+		return Message{}, err
+	}
+	return Message{Room: room, ID: id, Data: data}, nil
+}
+
+// Control message types, sent by the server in the same stream as events.
+// Events never carry a "type" member; control messages always do.
+const (
+	TypeSubscribed   = "subscribed"   // live delivery for the room is in place
+	TypeUnsubscribed = "unsubscribed" // the room was left
+	TypeReset        = "reset"        // history was lost: reload the room's state
+	TypeError        = "error"        // a request was refused; the connection stays
+	TypeReconnect    = "reconnect"    // the server is going away: reconnect and resume
+	TypeClosing      = "closing"      // the server closes this connection (reason says why)
+	TypePong         = "pong"         // answer to a client ping
+)
+
+// Control is a server-to-client control message.
+type Control struct {
+	Type    string `json:"type"`
+	Room    Room   `json:"room,omitempty"`
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+	// Last is the id the client is now positioned at (subscribed after a
+	// resume), so a client can verify where live delivery continues.
+	Last string `json:"last,omitempty"`
+}
+
+// Encode returns the control message's wire bytes.
+func (c Control) Encode() []byte {
+	b, err := json.Marshal(c)
+	if err != nil { // only strings inside: cannot fail
+		panic(fmt.Sprintf("encode control: %v", err))
+	}
+	return b
+}

@@ -1,0 +1,294 @@
+package redisbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rowcast/rowcast/realtime"
+)
+
+// Options tune a Bus. Zero values take the defaults.
+type Options struct {
+	// ProbeInterval is how long the subscription may stay silent before it
+	// is pinged; an unanswered ping after another interval means the
+	// connection is dead and is replaced. Default 5 s.
+	ProbeInterval time.Duration
+	// MaxBackoff caps the wait between reconnect attempts. Default 5 s.
+	MaxBackoff time.Duration
+	Logger     *slog.Logger
+}
+
+// Bus implements realtime.Bus on Redis pub/sub and streams. One Bus holds
+// one subscription connection for the whole process. All methods may be
+// called concurrently.
+type Bus struct {
+	client redis.UniversalClient
+	opts   Options
+	log    *slog.Logger
+
+	connected atomic.Bool
+
+	mu      sync.Mutex
+	ps      *redis.PubSub              // the current session's, nil while reconnecting
+	wanted  map[string]struct{}        // channels that should be subscribed
+	waiters map[string][]chan struct{} // Subscribe calls waiting for confirmation
+}
+
+var _ realtime.Bus = (*Bus)(nil)
+
+// New returns a Bus on client. Call Run to start delivery.
+func New(client redis.UniversalClient, opts Options) *Bus {
+	if opts.ProbeInterval <= 0 {
+		opts.ProbeInterval = 5 * time.Second
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Bus{
+		client:  client,
+		opts:    opts,
+		log:     opts.Logger,
+		wanted:  map[string]struct{}{},
+		waiters: map[string][]chan struct{}{},
+	}
+}
+
+// Connected reports whether the subscription connection is up and answered
+// its last probe.
+func (b *Bus) Connected() bool { return b.connected.Load() }
+
+// Run keeps one subscription session alive until ctx ends, delivering to h.
+// Each outage is logged once, when it starts, and once when it ends.
+func (b *Bus) Run(ctx context.Context, h realtime.Handler) error {
+	backoff := 100 * time.Millisecond
+	var down time.Time
+	for {
+		err := b.session(ctx, h, func() {
+			if !down.IsZero() {
+				b.log.Info("redis subscription restored", "after", time.Since(down).Round(time.Millisecond))
+				down = time.Time{}
+			}
+			backoff = 100 * time.Millisecond
+		})
+		b.connected.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if down.IsZero() {
+			down = time.Now()
+			b.log.Error("redis subscription lost; reconnecting", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, b.opts.MaxBackoff)
+	}
+}
+
+// session owns one subscription connection until it fails.
+func (b *Bus) session(ctx context.Context, h realtime.Handler, up func()) error {
+	ps := b.client.Subscribe(ctx)
+	defer ps.Close()
+
+	// A ping proves the connection before we claim to be subscribed.
+	if err := ps.Ping(ctx); err != nil {
+		return fmt.Errorf("ping: %w", err)
+	}
+	b.mu.Lock()
+	channels := make([]string, 0, len(b.wanted))
+	for ch := range b.wanted {
+		channels = append(channels, ch)
+	}
+	b.ps = ps
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		b.ps = nil
+		b.mu.Unlock()
+	}()
+	if len(channels) > 0 {
+		if err := ps.Subscribe(ctx, channels...); err != nil {
+			return fmt.Errorf("resubscribe %d rooms: %w", len(channels), err)
+		}
+	}
+
+	probing := false
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, b.opts.ProbeInterval)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if !isTimeout(err) {
+				return fmt.Errorf("receive: %w", err)
+			}
+			if probing {
+				return fmt.Errorf("no answer to ping within %s", b.opts.ProbeInterval)
+			}
+			if err := ps.Ping(ctx); err != nil {
+				return fmt.Errorf("ping: %w", err)
+			}
+			probing = true
+			continue
+		}
+		probing = false
+		switch m := msg.(type) {
+		case *redis.Pong:
+			if !b.connected.Swap(true) {
+				up()
+			}
+		case *redis.Subscription:
+			if m.Kind == "subscribe" {
+				b.confirmed(ctx, h, m.Channel)
+			}
+		case *redis.Message:
+			room, ok := roomOfChannel(m.Channel)
+			if !ok {
+				continue
+			}
+			ev, err := realtime.ParseMessage(room, []byte(m.Payload))
+			if err != nil {
+				b.log.Warn("drop malformed event", "room", room, "err", err)
+				continue
+			}
+			h.HandleMessage(ctx, ev)
+		}
+	}
+}
+
+// confirmed handles Redis' confirmation of a subscription: it releases the
+// Subscribe calls waiting for it, or, when none waits, the subscription was
+// re-established after an outage and the room is caught up.
+func (b *Bus) confirmed(ctx context.Context, h realtime.Handler, ch string) {
+	b.mu.Lock()
+	ws := b.waiters[ch]
+	delete(b.waiters, ch)
+	_, wanted := b.wanted[ch]
+	b.mu.Unlock()
+	for _, w := range ws {
+		close(w)
+	}
+	if len(ws) == 0 && wanted {
+		if room, ok := roomOfChannel(ch); ok {
+			h.HandleResubscribed(ctx, room)
+		}
+	}
+}
+
+// Subscribe implements realtime.Bus.
+func (b *Bus) Subscribe(ctx context.Context, room realtime.Room) (realtime.ID, error) {
+	k := keysFor(room)
+	done := make(chan struct{})
+	b.mu.Lock()
+	b.wanted[k.channel] = struct{}{}
+	b.waiters[k.channel] = append(b.waiters[k.channel], done)
+	ps := b.ps
+	b.mu.Unlock()
+	if ps != nil {
+		// If this write fails, the session ends and the next one subscribes
+		// every wanted channel, which confirms this one.
+		_ = ps.Subscribe(ctx, k.channel)
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		b.mu.Lock()
+		b.dropWaiter(k.channel, done)
+		b.mu.Unlock()
+		return realtime.ID{}, fmt.Errorf("subscribe %q: %w: %w", room, realtime.ErrUnavailable, ctx.Err())
+	}
+	id, err := head(ctx, b.client, k)
+	if err != nil {
+		return realtime.ID{}, fmt.Errorf("subscribe %q: %w", room, err)
+	}
+	return id, nil
+}
+
+func (b *Bus) dropWaiter(ch string, w chan struct{}) {
+	ws := b.waiters[ch]
+	for i, x := range ws {
+		if x == w {
+			b.waiters[ch] = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(b.waiters[ch]) == 0 {
+		delete(b.waiters, ch)
+	}
+}
+
+// Unsubscribe implements realtime.Bus.
+func (b *Bus) Unsubscribe(ctx context.Context, room realtime.Room) error {
+	k := keysFor(room)
+	b.mu.Lock()
+	delete(b.wanted, k.channel)
+	ps := b.ps
+	b.mu.Unlock()
+	if ps == nil {
+		return nil
+	}
+	if err := ps.Unsubscribe(ctx, k.channel); err != nil {
+		return fmt.Errorf("unsubscribe %q: %w", room, err)
+	}
+	return nil
+}
+
+// History implements realtime.Bus.
+func (b *Bus) History(ctx context.Context, room realtime.Room, after realtime.ID) ([]realtime.Message, error) {
+	k := keysFor(room)
+	pipe := b.client.Pipeline()
+	epochCmd := pipe.Get(ctx, k.epoch)
+	seqCmd := pipe.Get(ctx, k.seq)
+	rangeCmd := pipe.XRange(ctx, k.history, strconv.FormatUint(after.Offset+1, 10)+"-0", "+")
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("history %q: %w", room, err)
+	}
+	epoch, _ := epochCmd.Result()
+	if epoch == "" || epoch != after.Epoch {
+		return nil, fmt.Errorf("history %q after %s: epoch is %q: %w", room, after, epoch, realtime.ErrHistoryLost)
+	}
+	seq, _ := seqCmd.Uint64()
+	if seq < after.Offset {
+		return nil, fmt.Errorf("history %q after %s: room is at %d: %w", room, after, seq, realtime.ErrHistoryLost)
+	}
+	entries, _ := rangeCmd.Result()
+	msgs := make([]realtime.Message, 0, len(entries))
+	next := after.Offset + 1
+	for _, e := range entries {
+		off, _, _ := strings.Cut(e.ID, "-")
+		if n, _ := strconv.ParseUint(off, 10, 64); n != next {
+			return nil, fmt.Errorf("history %q after %s: oldest held is %s: %w", room, after, e.ID, realtime.ErrHistoryLost)
+		}
+		data, _ := e.Values["e"].(string)
+		m, err := realtime.ParseMessage(room, []byte(data))
+		if err != nil {
+			return nil, fmt.Errorf("history %q entry %s: %w", room, e.ID, err)
+		}
+		msgs = append(msgs, m)
+		next++
+	}
+	if next <= seq {
+		return nil, fmt.Errorf("history %q after %s: %d of %d events held: %w", room, after, len(msgs), seq-after.Offset, realtime.ErrHistoryLost)
+	}
+	return msgs, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
