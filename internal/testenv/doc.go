@@ -10,7 +10,8 @@
 //
 // # Images
 //
-// The image comes from ROWCAST_POSTGRES_IMAGE / ROWCAST_REDIS_IMAGE when set.
+// The image is the one given with WithImage, else ROWCAST_POSTGRES_IMAGE /
+// ROWCAST_REDIS_IMAGE when set.
 // Otherwise the locally built rowcast/postgres:15 / rowcast/redis:7 is used
 // when the Docker engine has it, else the official postgres:15-bookworm /
 // redis:7-bookworm, pulled once if missing. On machines without a registry,

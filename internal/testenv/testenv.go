@@ -108,11 +108,13 @@ type Network struct {
 // t.Cleanup (after the containers on it, since cleanups run last-in first-out).
 func NewNetwork(ctx context.Context, t testing.TB) (*Network, error) {
 	t.Helper()
-	if _, err := dockerClient(ctx); err != nil {
+	docker, err := dockerClient(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("create network: %w", err)
 	}
+	_ = docker.Close()
 	var nw *testcontainers.DockerNetwork
-	err := catchPanic(func() error {
+	err = catchPanic(func() error {
 		var err error
 		nw, err = network.New(ctx)
 		return err
@@ -199,17 +201,10 @@ func StartRedis(ctx context.Context, t testing.TB, opts ...Option) (*Redis, erro
 			// Same behaviour on the official image and on ours: reachable
 			// without a password and no snapshot or AOF files.
 			testcontainers.WithCmdArgs("--protected-mode", "no", "--save", "", "--appendonly", "no"),
-			// PING answered inside the container, right on every start (the
-			// module waits for a log line that an old start already printed).
-			testcontainers.WithWaitStrategy(
-				wait.ForListeningPort(redisPort).WithStartupTimeout(startupTimeout),
-				wait.ForExec([]string{"redis-cli", "ping"}).
-					WithStartupTimeout(startupTimeout).
-					WithResponseMatcher(func(body io.Reader) bool {
-						out, err := io.ReadAll(body)
-						return err == nil && strings.Contains(string(out), "PONG")
-					}),
-			),
+			// PING answered through the published port, right on every
+			// start (the module waits for a log line that an earlier start
+			// of the same container has already printed).
+			testcontainers.WithWaitStrategy(redisPing{timeout: startupTimeout}),
 		}, extra...)
 		c, err := redis.Run(ctx, image, customizers...)
 		if c == nil {
@@ -221,6 +216,73 @@ func StartRedis(ctx context.Context, t testing.TB, opts ...Option) (*Redis, erro
 		return nil, err
 	}
 	return &Redis{server: *s}, nil
+}
+
+// redisPing waits until Redis answers PING on 127.0.0.1 at the published
+// port, the address URL gives to clients.
+type redisPing struct {
+	timeout time.Duration
+}
+
+var _ wait.StrategyTimeout = redisPing{}
+
+func (w redisPing) Timeout() *time.Duration { return &w.timeout }
+
+func (w redisPing) String() string { return "redis PING on the published port" }
+
+func (w redisPing) WaitUntilReady(ctx context.Context, target wait.StrategyTarget) error {
+	ctx, cancel := context.WithTimeout(ctx, w.timeout)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		state, err := target.State(ctx)
+		if err == nil && !state.Running {
+			return fmt.Errorf("redis container is %s (exit code %d)", state.Status, state.ExitCode)
+		}
+		if err == nil {
+			var port mobynetwork.Port
+			if port, err = target.MappedPort(ctx, redisPort); err == nil {
+				err = pingRedis(ctx, net.JoinHostPort("127.0.0.1", port.Port()))
+			}
+		}
+		if err == nil {
+			return nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("redis not answering PING: %w (last error: %w)", ctx.Err(), last)
+		case <-tick.C:
+		}
+	}
+}
+
+// pingRedis sends one inline PING and expects +PONG.
+func pingRedis(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	if _, err := io.WriteString(conn, "PING\r\n"); err != nil {
+		return err
+	}
+	reply := make([]byte, 7)
+	if _, err := io.ReadFull(conn, reply); err != nil {
+		return err
+	}
+	if string(reply) != "+PONG\r\n" {
+		return fmt.Errorf("PING answered %q", reply)
+	}
+	return nil
 }
 
 // URL is the connection URL from the host, redis://127.0.0.1:PORT/0.
@@ -281,6 +343,15 @@ func (s *server) Unpause(ctx context.Context) error {
 	return nil
 }
 
+// unpauseIfPaused resumes the container if a test left it paused.
+func (s *server) unpauseIfPaused() {
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+	defer cancel()
+	if state, err := s.ctr.State(ctx); err == nil && state.Paused {
+		_ = s.Unpause(ctx)
+	}
+}
+
 // hostPort reads the published host port of the server port from the engine.
 func (s *server) hostPort(ctx context.Context) (string, error) {
 	p, err := s.ctr.MappedPort(ctx, s.port)
@@ -305,6 +376,7 @@ func start(ctx context.Context, t testing.TB, name, port string, opts []Option, 
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
+	t.Cleanup(func() { _ = docker.Close() }) // runs after the container's removal
 	image, err := chooseImage(ctx, docker, name, o.image)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -338,8 +410,13 @@ func start(ctx context.Context, t testing.TB, name, port string, opts []Option, 
 			return err
 		})
 		if err == nil {
+			s := &server{name: name, port: port, ctr: ctr, docker: docker}
 			testcontainers.CleanupContainer(t, ctr)
-			return &server{name: name, port: port, ctr: ctr, docker: docker}, nil
+			// Cleanups run last-in first-out: this one runs before the
+			// removal, which would wait the whole stop timeout on a
+			// paused container.
+			t.Cleanup(s.unpauseIfPaused)
+			return s, nil
 		}
 		if ctr != nil {
 			// Remove it now rather than at the end of the test: it is not

@@ -194,6 +194,30 @@ func TestServers(t *testing.T) {
 			t.Fatalf("PING after unpause: %v", err)
 		}
 	})
+
+	t.Run("container left paused is removed quickly", func(t *testing.T) {
+		var ctr testcontainers.Container
+		begin := time.Now()
+		t.Run("leave paused", func(t *testing.T) {
+			r, err := testenv.StartRedis(ctx, t)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctr = r.Container()
+			if err := r.Pause(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if ctr == nil {
+			t.FailNow()
+		}
+		if _, err := ctr.State(ctx); err == nil {
+			t.Error("container still exists after its test ended")
+		}
+		if d := time.Since(begin); d > 8*time.Second {
+			t.Errorf("start, pause and cleanup took %v", d)
+		}
+	})
 }
 
 // TestNoDocker checks the error when DOCKER_HOST points at nothing.
@@ -258,6 +282,7 @@ func newRedis(t *testing.T, url string) *redis.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+	opt.ContextTimeoutEnabled = true // honour the short deadlines of the fault checks
 	rdb := redis.NewClient(opt)
 	t.Cleanup(func() { _ = rdb.Close() })
 	return rdb
