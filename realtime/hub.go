@@ -126,6 +126,9 @@ func (h *Hub) leave(ctx context.Context, r Room, c *Client) {
 
 // HandleMessage fans m out to the room's local clients. A gap after the last
 // message of the room (the bus missed some) is filled from history first.
+// A message of a new epoch means Redis lost the room's history: clients are
+// told to reset by their own epoch check, and what the new epoch already
+// holds before m is filled in, so nothing published since is skipped.
 func (h *Hub) HandleMessage(ctx context.Context, m Message) {
 	h.mu.RLock()
 	e := h.rooms[m.Room]
@@ -139,7 +142,10 @@ func (h *Hub) HandleMessage(ctx context.Context, m Message) {
 	if !isNew {
 		return
 	}
-	if gap && e.last.Epoch == m.ID.Epoch {
+	if gap {
+		if e.last.Epoch != m.ID.Epoch {
+			e.last = ID{Epoch: m.ID.Epoch} // offset 0: fill from the epoch's start
+		}
 		h.catchUpLocked(ctx, m.Room, e)
 		if isNew, _ = e.last.Follows(m.ID); !isNew {
 			return

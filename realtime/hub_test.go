@@ -299,3 +299,25 @@ func TestFailedSubscribeUndoesJoin(t *testing.T) {
 		t.Fatalf("rooms left behind: hub %d client %v", h.Rooms(), c.Rooms())
 	}
 }
+
+func TestHubFillsNewEpochAfterHistoryLoss(t *testing.T) {
+	ctx := context.Background()
+	h, bus := newTestHub()
+	rec := &recorder{}
+	if err := h.NewClient(rec, 10).Join(ctx, "a", ID{}); err != nil {
+		t.Fatal(err)
+	}
+	bus.publish("a", true)
+	// Redis restarts empty: a new epoch whose first events the live path missed.
+	bus.mu.Lock()
+	bus.epoch, bus.history["a"] = "e2", nil
+	bus.mu.Unlock()
+	bus.publish("a", false)
+	bus.publish("a", true)
+	if got := strings.Join(rec.events(), " "); got != "e1-1 e2-1 e2-2" {
+		t.Fatalf("events %q", got)
+	}
+	if n := strings.Count(strings.Join(rec.controls(), ""), `"type":"reset"`); n != 1 {
+		t.Fatalf("%d resets, want 1", n)
+	}
+}

@@ -40,7 +40,8 @@ func Redis(url string) (redis.UniversalClient, error) {
 	return redis.NewClient(opt), nil
 }
 
-// PostgresConfig parses url (postgres://) for a single connection. setting
+// PostgresConfig parses url (postgres://) for a single, direct connection
+// (not through PgBouncer, which refuses the keepalive parameters). setting
 // names the variable it came from, for errors.
 func PostgresConfig(setting, url string) (*pgx.ConnConfig, error) {
 	cfg, err := pgx.ParseConfig(url)
@@ -49,6 +50,12 @@ func PostgresConfig(setting, url string) (*pgx.ConnConfig, error) {
 	}
 	cfg.ConnectTimeout = 5 * time.Second
 	cfg.DialFunc = dialer.DialContext
+	// The server side probes too: if this client vanishes (network cut), its
+	// session, and the advisory lock it holds, end within seconds, so a
+	// standby can take over.
+	cfg.RuntimeParams["tcp_keepalives_idle"] = "5"
+	cfg.RuntimeParams["tcp_keepalives_interval"] = "2"
+	cfg.RuntimeParams["tcp_keepalives_count"] = "3"
 	return cfg, nil
 }
 

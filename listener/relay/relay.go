@@ -26,6 +26,10 @@ const Channel = "rowcast"
 // LockKey is the advisory lock that elects the one active relay.
 const LockKey int64 = 0x726f7763617374 // "rowcast"
 
+// opTimeout bounds one outbox query: a stalled Postgres ends the session
+// (and it reconnects) instead of hanging the relay.
+const opTimeout = 15 * time.Second
+
 // Config tunes a Relay.
 type Config struct {
 	BatchSize     int           // rows per outbox query and Redis round trip
@@ -182,7 +186,9 @@ func (r *Relay) acquire(ctx context.Context, conn *pgx.Conn) error {
 // Postgres failure ends the session.
 func (r *Relay) drain(ctx context.Context) error {
 	for {
-		rows, err := r.store.Oldest(ctx, r.cfg.BatchSize)
+		qctx, cancel := context.WithTimeout(ctx, opTimeout)
+		rows, err := r.store.Oldest(qctx, r.cfg.BatchSize)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -241,7 +247,9 @@ func (r *Relay) relay(ctx context.Context, rows []outbox.Row) error {
 		}
 		backoff = min(backoff*2, r.cfg.MaxBackoff)
 	}
-	return r.store.Delete(ctx, ids)
+	dctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	return r.store.Delete(dctx, ids)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -19,9 +19,9 @@ import (
 
 // Options tune a Bus. Zero values take the defaults.
 type Options struct {
-	// ProbeInterval is how long the subscription may stay silent before it
-	// is pinged; an unanswered ping after another interval means the
-	// connection is dead and is replaced. Default 5 s.
+	// ProbeInterval is how often the subscription is proven by a probe
+	// message sent through Redis and back; one unanswered for an interval
+	// means the subscription is dead and it is replaced. Default 5 s.
 	ProbeInterval time.Duration
 	// MaxBackoff caps the wait between reconnect attempts. Default 5 s.
 	MaxBackoff time.Duration
@@ -66,8 +66,8 @@ func New(client redis.UniversalClient, opts Options) *Bus {
 	}
 }
 
-// Connected reports whether the subscription connection is up and answered
-// its last probe.
+// Connected reports whether the subscription is up and its last probe came
+// back.
 func (b *Bus) Connected() bool { return b.connected.Load() }
 
 // Run keeps one subscription session alive until ctx ends, delivering to h.
@@ -100,17 +100,23 @@ func (b *Bus) Run(ctx context.Context, h realtime.Handler) error {
 	}
 }
 
-// session owns one subscription connection until it fails.
+// session owns one subscription connection until it fails. Besides the
+// rooms it subscribes a probe channel of its own and publishes to it every
+// ProbeInterval through the ordinary client: a probe that does not come back
+// within another interval means the subscription stopped delivering (a dead
+// connection, or a subscription silently lost in a failover), and the session
+// is replaced, which resubscribes and catches up every room.
 func (b *Bus) session(ctx context.Context, h realtime.Handler, up func()) error {
 	ps := b.client.Subscribe(ctx)
 	defer ps.Close()
 
-	// A ping proves the connection before we claim to be subscribed.
-	if err := ps.Ping(ctx); err != nil {
-		return fmt.Errorf("ping: %w", err)
+	probeCh, err := probeChannel()
+	if err != nil {
+		return err
 	}
 	b.mu.Lock()
-	channels := make([]string, 0, len(b.wanted))
+	channels := make([]string, 0, len(b.wanted)+1)
+	channels = append(channels, probeCh)
 	for ch := range b.wanted {
 		channels = append(channels, ch)
 	}
@@ -121,15 +127,36 @@ func (b *Bus) session(ctx context.Context, h realtime.Handler, up func()) error 
 		b.ps = nil
 		b.mu.Unlock()
 	}()
-	if len(channels) > 0 {
-		if err := ps.Subscribe(ctx, channels...); err != nil {
-			return fmt.Errorf("resubscribe %d rooms: %w", len(channels), err)
-		}
+	if err := ps.Subscribe(ctx, channels...); err != nil {
+		return fmt.Errorf("subscribe %d rooms: %w", len(channels)-1, err)
 	}
 
-	probing := false
+	var (
+		probeSent   time.Time // zero: no probe outstanding
+		lastProbeOK = time.Now()
+		nonce       int64
+	)
+	sendProbe := func() error {
+		nonce++
+		if err := b.client.Publish(ctx, probeCh, nonce).Err(); err != nil {
+			return fmt.Errorf("publish probe: %w", err)
+		}
+		probeSent = time.Now()
+		return nil
+	}
+	if err := sendProbe(); err != nil {
+		return err
+	}
 	for {
-		msg, err := ps.ReceiveTimeout(ctx, b.opts.ProbeInterval)
+		if probeSent.IsZero() && time.Since(lastProbeOK) >= b.opts.ProbeInterval {
+			if err := sendProbe(); err != nil {
+				return err
+			}
+		}
+		if !probeSent.IsZero() && time.Since(probeSent) > b.opts.ProbeInterval {
+			return fmt.Errorf("subscription stopped delivering: probe unanswered for %s", time.Since(probeSent).Round(time.Millisecond))
+		}
+		msg, err := ps.ReceiveTimeout(ctx, b.opts.ProbeInterval/2)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -137,26 +164,23 @@ func (b *Bus) session(ctx context.Context, h realtime.Handler, up func()) error 
 			if !isTimeout(err) {
 				return fmt.Errorf("receive: %w", err)
 			}
-			if probing {
-				return fmt.Errorf("no answer to ping within %s", b.opts.ProbeInterval)
-			}
-			if err := ps.Ping(ctx); err != nil {
-				return fmt.Errorf("ping: %w", err)
-			}
-			probing = true
 			continue
 		}
-		probing = false
 		switch m := msg.(type) {
-		case *redis.Pong:
-			if !b.connected.Swap(true) {
-				up()
-			}
 		case *redis.Subscription:
-			if m.Kind == "subscribe" {
+			if m.Kind == "subscribe" && m.Channel != probeCh {
 				b.confirmed(ctx, h, m.Channel)
 			}
 		case *redis.Message:
+			if m.Channel == probeCh {
+				if m.Payload == strconv.FormatInt(nonce, 10) {
+					probeSent, lastProbeOK = time.Time{}, time.Now()
+					if !b.connected.Swap(true) {
+						up()
+					}
+				}
+				continue
+			}
 			room, ok := roomOfChannel(m.Channel)
 			if !ok {
 				continue
@@ -169,6 +193,15 @@ func (b *Bus) session(ctx context.Context, h realtime.Handler, up func()) error 
 			h.HandleMessage(ctx, ev)
 		}
 	}
+}
+
+// probeChannel returns a channel name no other process uses.
+func probeChannel() (string, error) {
+	id, err := newEpoch()
+	if err != nil {
+		return "", err
+	}
+	return "rowcast:probe:" + id, nil
 }
 
 // confirmed handles Redis' confirmation of a subscription: it releases the
