@@ -203,8 +203,13 @@ func freeAddr(t *testing.T) string {
 // startApp starts an edge server and waits until /readyz answers 200.
 func startApp(ctx context.Context, t *testing.T, s *stack, extra ...string) (*proc, string) {
 	t.Helper()
-	addr := freeAddr(t)
-	p := startProc(t, "app "+addr, bins.app, s.env(append([]string{"LISTEN_ADDR=" + addr}, extra...)...))
+	return startAppAt(ctx, t, s, freeAddr(t), extra...)
+}
+
+// startAppAt is startApp on a given address (to restart an app in place).
+func startAppAt(ctx context.Context, t *testing.T, s *stack, addr string, extra ...string) (*proc, string) {
+	t.Helper()
+	p := startProc(t, "app "+addr, bins.app, s.env(append([]string{"LISTEN_ADDR=" + addr, "ROWCAST_DEMO=true"}, extra...)...))
 	base := "http://" + addr
 	if err := waitReady(ctx, base+"/readyz", p); err != nil {
 		t.Fatal(err)

@@ -39,9 +39,11 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 		case "migrate":
 			mctx, cancel := context.WithTimeout(ctx, time.Minute)
 			defer cancel()
-			applied, err := migrations.Up(mctx, cfg.DatabaseURL)
+			// Migrations take a session lock: use the direct connection, as
+			// a transaction-mode pooler would break it.
+			applied, err := migrations.Up(mctx, cfg.ListenDatabaseURL)
 			if err != nil {
-				return fmt.Errorf("migrate DATABASE_URL: %w", err)
+				return fmt.Errorf("migrate LISTEN_DATABASE_URL (or DATABASE_URL): %w", err)
 			}
 			log.Info("migrations applied", "versions", applied)
 			return nil

@@ -174,8 +174,10 @@ func (h *Hub) catchUpLocked(ctx context.Context, r Room, e *hubRoom) {
 	}
 	missed, err := h.bus.History(ctx, r, e.last)
 	if errors.Is(err, ErrHistoryLost) {
-		h.log.Warn("room history lost; clients told to reset", "room", r, "after", e.last.String())
+		h.log.Warn("room history lost; clients told to reset", "room", r, "err", err)
 		h.forEach(e, func(c *Client) { c.reset(r) })
+		// Continue from whatever arrives next instead of failing again.
+		e.last = ID{}
 		return
 	}
 	if err != nil {

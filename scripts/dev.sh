@@ -47,7 +47,7 @@ fi
 wait_for "postgres" ./bin/listener migrate
 ./bin/listener &
 pids+=($!)
-LISTEN_ADDR="${LISTEN_ADDR:-:$PORT}" ./bin/app &
+ROWCAST_DEMO=true LISTEN_ADDR="${LISTEN_ADDR:-:$PORT}" ./bin/app &
 pids+=($!)
 wait_for "app" curl -fsS "http://127.0.0.1:${PORT}/readyz"
 

@@ -2,11 +2,14 @@ package edge
 
 import (
 	"embed"
+	"errors"
 	"net/http"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/rowcast/rowcast/realtime"
 )
 
 //go:embed static
@@ -26,13 +29,23 @@ type postMessage struct {
 	Body   string `json:"body"`
 }
 
+// maxPostBytes bounds a posted message's JSON: 500 characters of up to 4
+// bytes each, escaped, fit with room to spare.
+const maxPostBytes = 16 << 10
+
 // handlePostMessage inserts one chat_message row.
 func (s *Server) handlePostMessage(c echo.Context) error {
 	if s.db == nil {
-		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": "posting needs DATABASE_URL on the edge"})
+		return c.JSON(http.StatusNotFound, map[string]string{"error": "the demo form is off (ROWCAST_DEMO=true and DATABASE_URL enable it)"})
 	}
+	req := c.Request()
+	req.Body = http.MaxBytesReader(c.Response(), req.Body, maxPostBytes)
 	var m postMessage
 	if err := c.Bind(&m); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return c.JSON(http.StatusRequestEntityTooLarge, map[string]string{"error": "request body is larger than 16 KiB"})
+		}
 		return c.JSON(http.StatusBadRequest, map[string]string{"error": "body must be JSON {room, author, body}"})
 	}
 	m.Author, m.Body = strings.TrimSpace(m.Author), strings.TrimSpace(m.Body)
@@ -61,7 +74,7 @@ func validatePost(m postMessage) string {
 	case utf8.RuneCountInString(m.Author) > 40:
 		return "name is longer than 40 characters"
 	}
-	if _, err := parseRooms(m.Room, 1); err != nil || m.Room == "" {
+	if _, err := realtime.ParseRoom(m.Room); err != nil {
 		return "room must be 1-128 characters of A-Z a-z 0-9 _ . : -"
 	}
 	return ""

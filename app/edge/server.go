@@ -63,7 +63,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		}
 		return nil, fmt.Errorf("LISTEN_ADDR %q: %w", cfg.ListenAddr, err)
 	}
-	bus := redisbus.New(rdb, redisbus.Options{Logger: log})
+	bus := redisbus.New(rdb, redisbus.Options{Logger: log, ProbeInterval: cfg.ProbeEvery})
 	s := &Server{
 		cfg: cfg, log: log, ln: ln, rdb: rdb, bus: bus, db: db,
 		hub:     realtime.NewHub(bus, log),

@@ -37,6 +37,9 @@ func Redis(url string) (redis.UniversalClient, error) {
 	opt.ReadTimeout = 5 * time.Second
 	opt.WriteTimeout = 5 * time.Second
 	opt.MaxRetries = 1
+	// Let a context deadline bound a command: a frozen Redis must not hold a
+	// probe or a publish for the full read timeout.
+	opt.ContextTimeoutEnabled = true
 	return redis.NewClient(opt), nil
 }
 

@@ -80,6 +80,23 @@ func (r *Reader) Int(name string, def, lo, hi int) int {
 	return n
 }
 
+// Bool returns the variable as a boolean (1/0, true/false), or def.
+func (r *Reader) Bool(name string, def bool) bool {
+	v := r.String(name, "")
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		r.fail(name, "%q is not true or false", v)
+		return def
+	}
+	return b
+}
+
+// Fail records a problem with a setting found by the caller.
+func (r *Reader) Fail(name, format string, args ...any) { r.fail(name, format, args...) }
+
 // Duration returns the variable as a Go duration in [lo, hi], or def.
 func (r *Reader) Duration(name string, def, lo, hi time.Duration) time.Duration {
 	v := r.String(name, "")

@@ -138,7 +138,9 @@ func (b *Bus) session(ctx context.Context, h realtime.Handler, up func()) error 
 	)
 	sendProbe := func() error {
 		nonce++
-		if err := b.client.Publish(ctx, probeCh, nonce).Err(); err != nil {
+		pctx, cancel := context.WithTimeout(ctx, b.opts.ProbeInterval)
+		defer cancel()
+		if err := b.client.Publish(pctx, probeCh, nonce).Err(); err != nil {
 			return fmt.Errorf("publish probe: %w", err)
 		}
 		probeSent = time.Now()
