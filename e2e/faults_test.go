@@ -32,11 +32,11 @@ type rig struct {
 	appEnv    []string
 }
 
-func newRig(ctx context.Context, t *testing.T) *rig {
+func newRig(ctx context.Context, t *testing.T, listenerEnv ...string) *rig {
 	t.Helper()
 	r := &rig{s: startStack(ctx, t), appEnv: []string{"ROWCAST_REDIS_PROBE_INTERVAL=300ms", "ROWCAST_DRAIN_TIMEOUT=1s"}}
-	r.listeners = append(r.listeners, startListener(ctx, t, r.s))
-	standby := startProc(t, "listener-2", bins.listener, r.s.env("HEALTH_ADDR=127.0.0.1:0", "ROWCAST_POLL_INTERVAL=500ms"))
+	r.listeners = append(r.listeners, startListener(ctx, t, r.s, listenerEnv...))
+	standby := startProc(t, "listener-2", bins.listener, r.s.env(append([]string{"HEALTH_ADDR=127.0.0.1:0", "ROWCAST_POLL_INTERVAL=500ms"}, listenerEnv...)...))
 	if _, err := standby.waitLog(ctx, "standing by"); err != nil {
 		t.Fatal(err)
 	}
@@ -202,13 +202,14 @@ func (r *rig) waitProgress(ctx context.Context, t *testing.T, n int, when string
 	}
 }
 
-// waitAll waits until every subscriber holds every committed row of its
-// rooms (or the deadline passes; the tally then shows what is missing).
+// waitAll waits until every subscriber received the last committed row of
+// each of its rooms, which comes after every other (or the deadline passes;
+// the tally then shows what is missing).
 func (r *rig) waitAll(ctx context.Context, want map[string][]string) {
 	ctx, cancel := context.WithTimeout(ctx, 45*time.Second)
 	defer cancel()
 	for _, sub := range r.subs {
-		for count(sub, want).lost > 0 {
+		for !hasLast(sub, want) {
 			select {
 			case <-sub.Changed():
 			case <-ctx.Done():
@@ -216,6 +217,19 @@ func (r *rig) waitAll(ctx context.Context, want map[string][]string) {
 			}
 		}
 	}
+}
+
+func hasLast(sub *wire.Subscriber, want map[string][]string) bool {
+	need := map[string]bool{}
+	for _, room := range sub.Rooms {
+		if w := want[room]; len(w) > 0 {
+			need[w[len(w)-1]] = true
+		}
+	}
+	for _, ev := range sub.Events() {
+		delete(need, wire.Body(ev))
+	}
+	return len(need) == 0
 }
 
 // waitHTTP polls url until its status satisfies ok.
@@ -260,9 +274,11 @@ func TestFaults(t *testing.T) {
 		t.Skip("e2e")
 	}
 	faults := []struct {
-		name     string
-		mayReset bool // Redis restarts without persistence: history is lost, clients are told
-		inject   func(ctx context.Context, t *testing.T, r *rig)
+		name        string
+		mayReset    bool // history may be lost: then clients must be told
+		mustReset   bool // history is certainly lost: clients must be told
+		listenerEnv []string
+		inject      func(ctx context.Context, t *testing.T, r *rig)
 	}{
 		{name: "kill -9 leader listener, restart it", inject: func(ctx context.Context, t *testing.T, r *rig) {
 			leader := r.listeners[0]
@@ -320,6 +336,24 @@ func TestFaults(t *testing.T) {
 			}
 			r.app, _ = startAppAt(ctx, t, r.s, r.appAddr, r.appEnv...)
 		}},
+		{name: "app down longer than history holds", mayReset: true, mustReset: true,
+			listenerEnv: []string{"ROWCAST_HISTORY_LEN=20"},
+			inject: func(ctx context.Context, t *testing.T, r *rig) {
+				if err := r.app.stop(syscall.SIGTERM); err != nil {
+					t.Fatalf("app exit after SIGTERM: %v", err)
+				}
+				// Let far more rows pass than the history keeps (it trims
+				// in blocks of 100, so wait for several hundred per room).
+				before := len(committed(ctx, t, r.s.pgURL)[faultRooms[0]])
+				for len(committed(ctx, t, r.s.pgURL)[faultRooms[0]]) < before+400 {
+					select {
+					case <-ctx.Done():
+						t.Fatal("inserts stalled")
+					case <-time.After(50 * time.Millisecond):
+					}
+				}
+				r.app, _ = startAppAt(ctx, t, r.s, r.appAddr, r.appEnv...)
+			}},
 	}
 
 	var (
@@ -330,7 +364,7 @@ func TestFaults(t *testing.T) {
 		t.Run(strings.ReplaceAll(f.name, " ", "_"), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			r := newRig(ctx, t)
+			r := newRig(ctx, t, f.listenerEnv...)
 			in := startInserter(ctx, r.s.pgURL)
 			r.waitProgress(ctx, t, 20, "before the fault")
 			f.inject(ctx, t, r)
@@ -362,8 +396,8 @@ func TestFaults(t *testing.T) {
 					t.Errorf("%s subscriber %v got %d rows out of order", sub.Transport, sub.Rooms, tl.outOfOrder)
 				}
 			}
-			if f.mayReset && row.resets == 0 {
-				t.Errorf("redis lost its history but no client was told to reset")
+			if f.mustReset && row.resets < len(r.subs) {
+				t.Errorf("history was lost but only %d resets reached %d subscribers", row.resets, len(r.subs))
 			}
 			mu.Lock()
 			table = append(table, row)

@@ -78,6 +78,9 @@ type Options struct {
 	ReadDelay time.Duration
 	// Buffer is C's capacity (default 4096).
 	Buffer int
+	// Header is sent with the request (e.g. Last-Event-ID, as a browser's
+	// EventSource does on reconnect).
+	Header http.Header
 }
 
 // Dial connects to the edge at base (http://host:port).
@@ -96,7 +99,7 @@ func Dial(ctx context.Context, base string, tr Transport, o Options) (*Conn, err
 	switch tr {
 	case WebSocket:
 		u := strings.Replace(base, "http", "ws", 1) + "/ws?" + q.Encode()
-		ws, resp, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
+		ws, resp, err := websocket.DefaultDialer.DialContext(ctx, u, o.Header)
 		if err != nil {
 			cancel()
 			if resp != nil {
@@ -111,6 +114,9 @@ func Dial(ctx context.Context, base string, tr Transport, o Options) (*Conn, err
 		if err != nil {
 			cancel()
 			return nil, err
+		}
+		for k, v := range o.Header {
+			req.Header[k] = v
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
