@@ -1,8 +1,10 @@
 package edge
 
 import (
+	"strings"
 	"time"
 
+	"github.com/rowcast/rowcast/app/auth"
 	"github.com/rowcast/rowcast/internal/env"
 )
 
@@ -19,6 +21,12 @@ type Config struct {
 	DrainTimeout time.Duration // bound on the graceful drain at SIGTERM
 	JoinTimeout  time.Duration // bound on one subscribe (Redis confirmation + replay)
 	ProbeEvery   time.Duration // how often the Redis subscription is proven end to end
+
+	Auth           auth.Config
+	AllowedOrigins []string // browser origins allowed to connect; "*" allows any; empty: same host only
+	ClientIPHeader string   // header holding the client's IP behind a proxy (Fly-Client-IP on Fly.io)
+	MaxConnsPerIP  int
+	MsgRate        float64 // inbound WebSocket messages per second per connection (burst: twice that)
 }
 
 // ConfigFromEnv reads the configuration; the error names every bad setting.
@@ -36,8 +44,34 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 		JoinTimeout:  r.Duration("ROWCAST_JOIN_TIMEOUT", 5*time.Second, 100*time.Millisecond, time.Minute),
 		ProbeEvery:   r.Duration("ROWCAST_REDIS_PROBE_INTERVAL", 5*time.Second, 50*time.Millisecond, time.Minute),
 	}
+	c.Auth = auth.Config{
+		Secret:      r.String("ROWCAST_AUTH_SECRET", ""),
+		JWKSURL:     r.OptionalURL("ROWCAST_JWKS_URL", "https", "http"),
+		JWKSRefresh: r.Duration("ROWCAST_JWKS_REFRESH", time.Hour, time.Second, 24*time.Hour),
+		Audience:    r.String("ROWCAST_JWT_AUDIENCE", ""),
+		Issuer:      r.String("ROWCAST_JWT_ISSUER", ""),
+		PublicRooms: list(r.String("ROWCAST_PUBLIC_ROOMS", "")),
+	}
+	if c.Auth.Secret != "" && len(c.Auth.Secret) < 16 {
+		r.Fail("ROWCAST_AUTH_SECRET", "too short (%d bytes): use at least 16 random bytes", len(c.Auth.Secret))
+	}
+	c.AllowedOrigins = list(r.String("ROWCAST_ALLOWED_ORIGINS", ""))
+	c.ClientIPHeader = r.String("ROWCAST_CLIENT_IP_HEADER", "")
+	c.MaxConnsPerIP = r.Int("ROWCAST_MAX_CONNS_PER_IP", 256, 1, 1_000_000)
+	c.MsgRate = float64(r.Int("ROWCAST_MAX_MESSAGES_PER_SECOND", 20, 1, 100_000))
 	if c.Demo {
 		c.DatabaseURL = r.URL("DATABASE_URL", "", "postgres", "postgresql")
 	}
 	return c, r.Err()
+}
+
+// list splits a comma-separated setting, dropping empty items.
+func list(s string) []string {
+	var out []string
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
 }

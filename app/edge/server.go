@@ -16,9 +16,12 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
 	"github.com/olahol/melody"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/rowcast/rowcast/app/auth"
 	"github.com/rowcast/rowcast/internal/connect"
 	"github.com/rowcast/rowcast/realtime"
 	"github.com/rowcast/rowcast/realtime/redisbus"
@@ -26,24 +29,32 @@ import (
 
 // Server is one edge process. Create it with New, start it with Run.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	ln     net.Listener
-	echo   *echo.Echo
-	melody *melody.Melody
-	rdb    redis.UniversalClient
-	bus    *redisbus.Bus
-	hub    *realtime.Hub
-	db     *pgxpool.Pool // nil without DATABASE_URL
+	cfg     Config
+	log     *slog.Logger
+	ln      net.Listener
+	echo    *echo.Echo
+	melody  *melody.Melody
+	rdb     redis.UniversalClient
+	bus     *redisbus.Bus
+	hub     *realtime.Hub
+	db      *pgxpool.Pool // nil unless the demo form is on
+	auth    *auth.Authorizer
+	metrics *metrics
+	conns   ipLimiter
 
 	draining atomic.Bool
 	mu       sync.Mutex
-	clients  map[*realtime.Client]bool // value: true for WebSocket
+	clients  map[*realtime.Client]string // value: transport name
 }
 
 // New builds the server and binds its listen address; it does not connect
-// to Redis yet (Run does, and keeps retrying).
+// to Redis yet (Run does, and keeps retrying). ctx bounds background work
+// such as JWKS refreshes.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	authz, err := auth.New(ctx, cfg.Auth)
+	if err != nil {
+		return nil, err
+	}
 	rdb, err := connect.Redis(cfg.RedisURL)
 	if err != nil {
 		return nil, err
@@ -63,12 +74,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		}
 		return nil, fmt.Errorf("LISTEN_ADDR %q: %w", cfg.ListenAddr, err)
 	}
-	bus := redisbus.New(rdb, redisbus.Options{Logger: log, ProbeInterval: cfg.ProbeEvery})
-	s := &Server{
-		cfg: cfg, log: log, ln: ln, rdb: rdb, bus: bus, db: db,
-		hub:     realtime.NewHub(bus, log),
-		clients: map[*realtime.Client]bool{},
-	}
+	s := &Server{cfg: cfg, log: log, ln: ln, rdb: rdb, db: db, auth: authz, clients: map[*realtime.Client]string{}}
+	s.bus = redisbus.New(rdb, redisbus.Options{Logger: log, ProbeInterval: cfg.ProbeEvery,
+		OnReconnect: func() { s.metrics.reconnects.Inc() }})
+	s.hub = realtime.NewHub(s.bus, log)
+	s.metrics = newMetrics(s.hub)
 	s.setupWebSocket()
 	s.echo = s.routes()
 	return s, nil
@@ -81,8 +91,11 @@ func (s *Server) routes() *echo.Echo {
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
+	e.Use(middleware.RequestID())
+	e.Use(s.requestLog())
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET("/readyz", s.handleReady)
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})))
 	e.GET("/ws", s.handleWS)
 	e.GET("/events", s.handleSSE)
 	s.demoRoutes(e)
@@ -99,38 +112,58 @@ func (s *Server) handleReady(c echo.Context) error {
 	return c.String(http.StatusOK, "ok\n")
 }
 
-// handleWS upgrades GET /ws?rooms=a,b&lastEventId=<cursor>. Bad parameters
-// are refused before the upgrade with a 400 and a JSON error.
+// handleWS upgrades GET /ws?rooms=a,b&lastEventId=<cursor>&token=<jwt>.
+// Requests that cannot connect are refused before the upgrade with an HTTP
+// status and a JSON error.
 func (s *Server) handleWS(c echo.Context) error {
-	rooms, err := parseRooms(c.QueryParam("rooms"), s.cfg.MaxRooms)
-	if err != nil {
-		return c.JSON(http.StatusBadRequest, realtime.Control{Type: realtime.TypeError, Code: errorCode(err), Message: err.Error()})
+	a, ref := s.admit(c)
+	if ref != nil {
+		return s.refuse(c, ref)
 	}
-	cursor, err := realtime.ParseCursor(c.QueryParam("lastEventId"))
-	if err != nil {
-		return c.JSON(http.StatusBadRequest, realtime.Control{Type: realtime.TypeError, Code: "bad_request", Message: err.Error()})
+	defer s.conns.release(a.ip)
+	if !s.originAllowed(c.Request()) {
+		s.metrics.refused.WithLabelValues("origin").Inc()
+		return s.refuse(c, &refusal{http.StatusForbidden, "origin", "origin not allowed"})
 	}
-	if s.draining.Load() {
-		return c.NoContent(http.StatusServiceUnavailable)
-	}
-	keys := map[string]any{"rooms": rooms, "cursor": cursor}
+	keys := map[string]any{admissionKey: a}
+	// HandleRequestWithKeys returns when the connection ends.
 	if err := s.melody.HandleRequestWithKeys(c.Response(), c.Request(), keys); err != nil {
 		s.log.Debug("websocket upgrade", "err", err)
 	}
 	return nil
 }
 
-// checkOrigin accepts every origin for now; see the README's security notes.
-func (s *Server) checkOrigin(*http.Request) bool { return true }
-
-func (s *Server) track(c *realtime.Client, add bool) {
+// track registers a client for the drain and the connection gauge.
+func (s *Server) track(c *realtime.Client, transport string, add bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if add {
-		s.clients[c] = true
-	} else {
+		s.clients[c] = transport
+		s.metrics.connections.WithLabelValues(transport).Inc()
+	} else if _, ok := s.clients[c]; ok {
 		delete(s.clients, c)
+		s.metrics.connections.WithLabelValues(transport).Dec()
 	}
+}
+
+// requestLog logs each request with its id once it ends; streams log when
+// they close.
+func (s *Server) requestLog() echo.MiddlewareFunc {
+	return middleware.RequestLoggerWithConfig(middleware.RequestLoggerConfig{
+		LogURIPath: true, LogStatus: true, LogLatency: true, LogRequestID: true, LogMethod: true, LogError: true,
+		Skipper: func(c echo.Context) bool {
+			switch c.Path() {
+			case "/healthz", "/readyz", "/metrics":
+				return true
+			}
+			return false
+		},
+		LogValuesFunc: func(c echo.Context, v middleware.RequestLoggerValues) error {
+			s.log.Debug("request", "id", v.RequestID, "method", v.Method, "path", v.URIPath,
+				"status", v.Status, "duration", v.Latency, "err", v.Error)
+			return nil
+		},
+	})
 }
 
 // Run serves until ctx ends, then drains: it fails /readyz, stops
@@ -145,7 +178,7 @@ func (s *Server) Run(ctx context.Context) error {
 	busDone := make(chan struct{})
 	go func() {
 		defer close(busDone)
-		_ = s.bus.Run(busCtx, s.hub)
+		_ = s.bus.Run(busCtx, observed{Hub: s.hub, m: s.metrics})
 	}()
 	defer func() { stopBus(); <-busDone }()
 

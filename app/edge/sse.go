@@ -50,24 +50,18 @@ const writeTimeout = 10 * time.Second
 // lastEventId query parameter.
 func (s *Server) handleSSE(c echo.Context) error {
 	req := c.Request()
-	rooms, err := parseRooms(c.QueryParam("rooms"), s.cfg.MaxRooms)
-	if err != nil {
-		return c.JSON(http.StatusBadRequest, realtime.Control{Type: realtime.TypeError, Code: errorCode(err), Message: err.Error()})
+	a, ref := s.admit(c)
+	if ref != nil {
+		return s.refuse(c, ref)
 	}
-	last := req.Header.Get("Last-Event-ID")
-	if last == "" {
-		last = c.QueryParam("lastEventId")
-	}
-	cursor, err := realtime.ParseCursor(last)
-	if err != nil {
-		return c.JSON(http.StatusBadRequest, realtime.Control{Type: realtime.TypeError, Code: "bad_request", Message: err.Error()})
-	}
-	if s.draining.Load() {
-		return c.NoContent(http.StatusServiceUnavailable)
-	}
+	defer s.conns.release(a.ip)
 
 	w := c.Response()
 	h := w.Header()
+	if origin := req.Header.Get("Origin"); origin != "" && s.originAllowed(req) {
+		h.Set("Access-Control-Allow-Origin", origin)
+		h.Add("Vary", "Origin")
+	}
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
@@ -76,11 +70,14 @@ func (s *Server) handleSSE(c echo.Context) error {
 
 	t := &sseTransport{queue: make(chan realtime.Frame, s.cfg.QueueSize), done: make(chan struct{})}
 	client := s.hub.NewClient(t, s.cfg.MaxRooms)
-	s.track(client, true)
+	s.track(client, "sse", true)
+	stopExpiry := watchExpiry(a.grant, client)
 	defer func() {
-		s.track(client, false)
+		stopExpiry()
+		s.track(client, "sse", false)
 		client.Close(realtime.CloseNormal)
 	}()
+	rooms, cursor := a.rooms, a.cursor
 
 	var buf bytes.Buffer
 	buf.WriteString("retry: 1000\n\n")
@@ -106,11 +103,13 @@ func (s *Server) handleSSE(c echo.Context) error {
 	for {
 		select {
 		case f := <-t.queue:
+			s.countSSE(f)
 			appendSSE(&buf, cursor, f)
 			// Coalesce what else is queued into one write and one flush.
 			for more := true; more && buf.Len() < 64<<10; {
 				select {
 				case f := <-t.queue:
+					s.countSSE(f)
 					appendSSE(&buf, cursor, f)
 				default:
 					more = false
@@ -125,6 +124,9 @@ func (s *Server) handleSSE(c echo.Context) error {
 				return nil
 			}
 		case <-t.done:
+			if t.reason == realtime.CloseSlow {
+				s.metrics.slow.WithLabelValues("sse").Inc()
+			}
 			ctl := realtime.Control{Type: realtime.TypeClosing, Code: t.reason.String()}
 			if t.reason == realtime.CloseDraining {
 				ctl.Type = realtime.TypeReconnect
@@ -135,6 +137,12 @@ func (s *Server) handleSSE(c echo.Context) error {
 		case <-req.Context().Done():
 			return nil
 		}
+	}
+}
+
+func (s *Server) countSSE(f realtime.Frame) {
+	if !f.Control {
+		s.metrics.delivered.WithLabelValues("sse").Inc()
 	}
 }
 

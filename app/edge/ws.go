@@ -3,12 +3,15 @@ package edge
 import (
 	"context"
 	"errors"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/olahol/melody"
+	"golang.org/x/time/rate"
 
+	"github.com/rowcast/rowcast/app/auth"
 	"github.com/rowcast/rowcast/realtime"
 )
 
@@ -26,17 +29,19 @@ var closeCodes = map[realtime.CloseReason]int{
 // before melody would drop a frame silently, keeping room for a close frame.
 type wsTransport struct {
 	s        *melody.Session
+	m        *metrics
 	limit    int64
 	inflight atomic.Int64
 	once     sync.Once
 }
 
-const wsSessionKey = "rowcast.transport"
-
 func (t *wsTransport) Send(f realtime.Frame) bool {
 	if t.inflight.Add(1) > t.limit {
 		t.inflight.Add(-1)
 		return false
+	}
+	if !f.Control {
+		t.m.delivered.WithLabelValues("websocket").Inc()
 	}
 	if err := t.s.Write(f.Data); err != nil {
 		t.inflight.Add(-1)
@@ -53,6 +58,9 @@ func (t *wsTransport) sent() { t.inflight.Add(-1) }
 // never read that far).
 func (t *wsTransport) Close(reason realtime.CloseReason) {
 	t.once.Do(func() {
+		if reason == realtime.CloseSlow {
+			t.m.slow.WithLabelValues("websocket").Inc()
+		}
 		code, ok := closeCodes[reason]
 		if !ok {
 			code = 1011
@@ -65,39 +73,58 @@ func (t *wsTransport) Close(reason realtime.CloseReason) {
 	})
 }
 
+// Session keys.
+const (
+	admissionKey = "rowcast.admission"
+	connKey      = "rowcast.conn"
+)
+
+// wsConn is what the edge keeps per WebSocket session.
+type wsConn struct {
+	client     *realtime.Client
+	t          *wsTransport
+	grant      auth.Grant
+	limiter    *rate.Limiter
+	stopExpiry func()
+}
+
 // setupWebSocket configures melody's handlers.
 func (s *Server) setupWebSocket() {
 	m := melody.New()
 	m.Config.MaxMessageSize = int64(s.cfg.MaxFrame)
 	// Two frames of headroom over the queue limit: a close frame always fits.
 	m.Config.MessageBufferSize = s.cfg.QueueSize + 2
-	m.Upgrader.CheckOrigin = s.checkOrigin
+	// The admission already checked the origin; melody's upgrader must not
+	// apply its own rule on top.
+	m.Upgrader.CheckOrigin = func(*http.Request) bool { return true }
 	s.melody = m
 
 	m.HandleConnect(func(ms *melody.Session) {
-		t := &wsTransport{s: ms, limit: int64(s.cfg.QueueSize)}
+		v, _ := ms.Get(admissionKey)
+		a := v.(admission)
+		t := &wsTransport{s: ms, limit: int64(s.cfg.QueueSize), m: s.metrics}
 		c := s.hub.NewClient(t, s.cfg.MaxRooms)
-		ms.Set(wsSessionKey, c)
-		ms.Set(wsSessionKey+".t", t)
-		s.track(c, true)
-		rooms, _ := ms.Get("rooms")
-		cursor, _ := ms.Get("cursor")
-		s.joinAll(ms.Request.Context(), c, rooms.([]realtime.Room), cursor.(realtime.Cursor))
+		conn := &wsConn{client: c, t: t, grant: a.grant,
+			limiter: rate.NewLimiter(rate.Limit(s.cfg.MsgRate), int(2*s.cfg.MsgRate)), stopExpiry: watchExpiry(a.grant, c)}
+		ms.Set(connKey, conn)
+		s.track(c, "websocket", true)
+		s.joinAll(ms.Request.Context(), c, a.rooms, a.cursor)
 	})
 	m.HandleDisconnect(func(ms *melody.Session) {
-		if c := sessionClient(ms); c != nil {
-			s.track(c, false)
-			c.Close(realtime.CloseNormal)
+		if conn := sessionConn(ms); conn != nil {
+			conn.stopExpiry()
+			s.track(conn.client, "websocket", false)
+			conn.client.Close(realtime.CloseNormal)
 		}
 	})
 	m.HandleSentMessage(func(ms *melody.Session, _ []byte) {
-		if v, ok := ms.Get(wsSessionKey + ".t"); ok {
-			v.(*wsTransport).sent()
+		if conn := sessionConn(ms); conn != nil {
+			conn.t.sent()
 		}
 	})
 	m.HandleMessage(func(ms *melody.Session, b []byte) {
-		if c := sessionClient(ms); c != nil {
-			s.handleInbound(c, b)
+		if conn := sessionConn(ms); conn != nil {
+			s.handleInbound(conn, b)
 		}
 	})
 	m.HandleError(func(ms *melody.Session, err error) {
@@ -106,19 +133,26 @@ func (s *Server) setupWebSocket() {
 	})
 }
 
-func sessionClient(ms *melody.Session) *realtime.Client {
-	v, ok := ms.Get(wsSessionKey)
+func sessionConn(ms *melody.Session) *wsConn {
+	v, ok := ms.Get(connKey)
 	if !ok {
 		return nil
 	}
-	return v.(*realtime.Client)
+	return v.(*wsConn)
 }
 
 // handleInbound acts on one client frame. It runs in the session's read
 // loop, so one client's slow subscribe delays only that client.
-func (s *Server) handleInbound(c *realtime.Client, b []byte) {
+func (s *Server) handleInbound(conn *wsConn, b []byte) {
+	c := conn.client
+	if !conn.limiter.Allow() {
+		s.metrics.refused.WithLabelValues("rate_limited").Inc()
+		c.Send(realtime.Control{Type: realtime.TypeError, Code: "rate_limited", Message: "too many messages: slow down"})
+		return
+	}
 	in, err := ParseInbound(b)
 	if err != nil {
+		s.metrics.refused.WithLabelValues("bad_request").Inc()
 		c.Send(realtime.Control{Type: realtime.TypeError, Code: errorCode(err), Message: err.Error()})
 		return
 	}
@@ -128,6 +162,11 @@ func (s *Server) handleInbound(c *realtime.Client, b []byte) {
 	case "ping":
 		c.Send(realtime.Control{Type: realtime.TypePong})
 	case "subscribe":
+		if !conn.grant.Allows(in.Room) {
+			s.metrics.refused.WithLabelValues("forbidden").Inc()
+			c.Send(realtime.Control{Type: realtime.TypeError, Room: in.Room, Code: "forbidden", Message: "room not allowed by token"})
+			return
+		}
 		if err := c.Join(ctx, in.Room, in.Since); err != nil {
 			c.Send(realtime.Control{Type: realtime.TypeError, Room: in.Room, Code: errorCode(err), Message: err.Error()})
 		}

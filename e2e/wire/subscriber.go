@@ -16,6 +16,11 @@ type Subscriber struct {
 	Base      string
 	Transport Transport
 	Rooms     []string
+	// Others are more edges: after a disconnect the subscriber moves on to
+	// the next one, as a browser behind a load balancer would.
+	Others []string
+	// Token, when set, is sent as the token query parameter.
+	Token string
 
 	mu        sync.Mutex
 	last      map[string]string // room -> last event id
@@ -37,8 +42,9 @@ func NewSubscriber(base string, tr Transport, rooms ...string) *Subscriber {
 func (s *Subscriber) Run(ctx context.Context) {
 	backoff := 50 * time.Millisecond
 	first := true
-	for ctx.Err() == nil {
-		conn, err := Dial(ctx, s.Base, s.Transport, Options{Rooms: s.Rooms, LastEventID: s.cursor()})
+	bases := append([]string{s.Base}, s.Others...)
+	for n := 0; ctx.Err() == nil; n++ {
+		conn, err := Dial(ctx, bases[n%len(bases)], s.Transport, Options{Rooms: s.Rooms, LastEventID: s.cursor(), Token: s.Token})
 		if err == nil {
 			s.mu.Lock()
 			s.connects++

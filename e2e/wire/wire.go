@@ -78,6 +78,8 @@ type Options struct {
 	ReadDelay time.Duration
 	// Buffer is C's capacity (default 4096).
 	Buffer int
+	// Token is sent as the token query parameter.
+	Token string
 	// Header is sent with the request (e.g. Last-Event-ID, as a browser's
 	// EventSource does on reconnect).
 	Header http.Header
@@ -95,6 +97,9 @@ func Dial(ctx context.Context, base string, tr Transport, o Options) (*Conn, err
 	q.Set("rooms", strings.Join(o.Rooms, ","))
 	if o.LastEventID != "" {
 		q.Set("lastEventId", o.LastEventID)
+	}
+	if o.Token != "" {
+		q.Set("token", o.Token)
 	}
 	switch tr {
 	case WebSocket:

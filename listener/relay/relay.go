@@ -46,6 +46,10 @@ type Relay struct {
 	pub     *redisbus.Publisher
 	log     *slog.Logger
 
+	// OnBatch, if set before Run, is called with the size of each published
+	// batch (for metrics).
+	OnBatch func(size int)
+
 	leader    atomic.Bool
 	readyOnce sync.Once
 	ready     chan struct{}
@@ -233,6 +237,9 @@ func (r *Relay) relay(ctx context.Context, rows []outbox.Row) error {
 		n, err := r.pub.Publish(ctx, events)
 		if err == nil {
 			r.published.Add(int64(n))
+			if r.OnBatch != nil {
+				r.OnBatch(len(events))
+			}
 			if !down.IsZero() {
 				r.log.Info("redis reachable again", "after", time.Since(down).Round(time.Millisecond))
 			}

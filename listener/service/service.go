@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/rowcast/rowcast/internal/connect"
@@ -63,6 +65,7 @@ type Main struct {
 	rdb    redis.UniversalClient
 	relay  *relay.Relay
 	health net.Listener
+	reg    *prometheus.Registry
 }
 
 // New builds the process without connecting: services may come up later.
@@ -88,8 +91,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Main, error) {
 		return nil, fmt.Errorf("HEALTH_ADDR %q: %w", cfg.HealthAddr, err)
 	}
 	connectListen := func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, listenCfg) }
-	rel := relay.New(cfg.Relay, connectListen, outbox.NewStore(pool), redisbus.NewPublisher(rdb, cfg.History), log)
-	return &Main{cfg: cfg, log: log, pool: pool, rdb: rdb, relay: rel, health: ln}, nil
+	store := outbox.NewStore(pool)
+	rel := relay.New(cfg.Relay, connectListen, store, redisbus.NewPublisher(rdb, cfg.History), log)
+	return &Main{cfg: cfg, log: log, pool: pool, rdb: rdb, relay: rel, health: ln, reg: newRegistry(rel, store)}, nil
 }
 
 // HealthAddr returns the health server's bound address.
@@ -122,6 +126,8 @@ func (m *Main) Run(ctx context.Context) error {
 		}
 	}()
 	m.log.Info("listener started", "health", m.HealthAddr())
+	// On SIGTERM Run returns after releasing the advisory lock, so a
+	// standby takes over at once.
 	err := m.relay.Run(ctx)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
@@ -132,6 +138,7 @@ func (m *Main) Run(ctx context.Context) error {
 
 func (m *Main) healthHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

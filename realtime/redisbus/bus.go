@@ -26,6 +26,8 @@ type Options struct {
 	// MaxBackoff caps the wait between reconnect attempts. Default 5 s.
 	MaxBackoff time.Duration
 	Logger     *slog.Logger
+	// OnReconnect, if set, is called each time a failed session is replaced.
+	OnReconnect func()
 }
 
 // Bus implements realtime.Bus on Redis pub/sub and streams. One Bus holds
@@ -90,6 +92,9 @@ func (b *Bus) Run(ctx context.Context, h realtime.Handler) error {
 		if down.IsZero() {
 			down = time.Now()
 			b.log.Error("redis subscription lost; reconnecting", "err", err)
+		}
+		if b.opts.OnReconnect != nil {
+			b.opts.OnReconnect()
 		}
 		select {
 		case <-ctx.Done():

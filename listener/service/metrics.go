@@ -1,0 +1,61 @@
+package service
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/rowcast/rowcast/listener/outbox"
+	"github.com/rowcast/rowcast/listener/relay"
+)
+
+// newRegistry builds the listener's metrics on a registry of its own.
+func newRegistry(rel *relay.Relay, store *outbox.Store) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	batch := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "rowcast_listener_batch_size", Help: "Events per batch published to Redis.",
+		Buckets: prometheus.ExponentialBuckets(1, 4, 7),
+	})
+	rel.OnBatch = func(n int) { batch.Observe(float64(n)) }
+	reg.MustRegister(batch,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "rowcast_listener_published_total", Help: "Events published to Redis (repeats excluded)."},
+			func() float64 { return float64(rel.Published()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_listener_leader", Help: "1 while this listener leads."},
+			func() float64 {
+				if rel.Leader() {
+					return 1
+				}
+				return 0
+			}),
+		outboxCollector{store: store},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+var (
+	depthDesc  = prometheus.NewDesc("rowcast_outbox_depth", "Rows waiting in rowcast.outbox.", nil, nil)
+	oldestDesc = prometheus.NewDesc("rowcast_outbox_oldest_age_seconds", "Age of the oldest row waiting in rowcast.outbox (0 when empty).", nil, nil)
+)
+
+// outboxCollector reads the outbox depth with one query per scrape.
+type outboxCollector struct{ store *outbox.Store }
+
+func (c outboxCollector) Describe(ch chan<- *prometheus.Desc) { ch <- depthDesc; ch <- oldestDesc }
+
+func (c outboxCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	n, oldest, err := c.store.Depth(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(depthDesc, err)
+		return
+	}
+	age := 0.0
+	if !oldest.IsZero() {
+		age = time.Since(oldest).Seconds()
+	}
+	ch <- prometheus.MustNewConstMetric(depthDesc, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(oldestDesc, prometheus.GaugeValue, age)
+}
