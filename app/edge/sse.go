@@ -12,26 +12,48 @@ import (
 )
 
 // sseTransport queues frames for one SSE stream; the request's goroutine
-// writes them. The queue is bounded: Send reports false when it is full.
+// writes them. The queue is a slice that grows only while frames wait (an
+// idle stream holds no buffer), bounded by limit: Send reports false when it
+// is full. The writer takes everything queued at once, so a burst becomes one
+// write and one flush.
 type sseTransport struct {
-	queue  chan realtime.Frame
-	done   chan struct{}
-	once   sync.Once
-	reason realtime.CloseReason
+	limit int
+	wake  chan struct{} // capacity 1: "frames are queued"
+	done  chan struct{}
+
+	mu      sync.Mutex
+	pending []realtime.Frame
+	once    sync.Once
+	reason  realtime.CloseReason
+}
+
+func newSSETransport(limit int) *sseTransport {
+	return &sseTransport{limit: limit, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 func (t *sseTransport) Send(f realtime.Frame) bool {
-	select {
-	case <-t.done:
-		return true // closing: drop quietly
-	default:
-	}
-	select {
-	case t.queue <- f:
-		return true
-	default:
+	t.mu.Lock()
+	if len(t.pending) >= t.limit {
+		t.mu.Unlock()
 		return false
 	}
+	t.pending = append(t.pending, f)
+	t.mu.Unlock()
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take returns the queued frames and empties the queue; buf is reused for
+// the next batch.
+func (t *sseTransport) take(buf []realtime.Frame) []realtime.Frame {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := t.pending
+	t.pending = buf[:0]
+	return out
 }
 
 func (t *sseTransport) Close(reason realtime.CloseReason) {
@@ -65,10 +87,13 @@ func (s *Server) handleSSE(c echo.Context) error {
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
+	// Fly's proxy (and others) compress responses that lack an encoding,
+	// buffering the stream; "none" is Fly's documented opt-out.
+	h.Set("Content-Encoding", "none")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 
-	t := &sseTransport{queue: make(chan realtime.Frame, s.cfg.QueueSize), done: make(chan struct{})}
+	t := newSSETransport(s.cfg.QueueSize)
 	client := s.hub.NewClient(t, s.cfg.MaxRooms)
 	s.track(client, "sse", true)
 	stopExpiry := watchExpiry(a.grant, client)
@@ -98,23 +123,19 @@ func (s *Server) handleSSE(c echo.Context) error {
 	// while later rooms are still joining.
 	go s.joinAll(req.Context(), client, rooms, cursor)
 
+	var spare []realtime.Frame
 	heartbeat := time.NewTicker(s.cfg.Heartbeat)
 	defer heartbeat.Stop()
 	for {
 		select {
-		case f := <-t.queue:
-			s.countSSE(f)
-			appendSSE(&buf, cursor, f)
-			// Coalesce what else is queued into one write and one flush.
-			for more := true; more && buf.Len() < 64<<10; {
-				select {
-				case f := <-t.queue:
-					s.countSSE(f)
-					appendSSE(&buf, cursor, f)
-				default:
-					more = false
-				}
+		case <-t.wake:
+			frames := t.take(spare)
+			for i, f := range frames {
+				s.countSSE(f)
+				appendSSE(&buf, cursor, f)
+				frames[i] = realtime.Frame{} // drop references to event bytes
 			}
+			spare = frames
 			if err := write(); err != nil {
 				return nil
 			}
