@@ -164,6 +164,30 @@ func TestResume(t *testing.T) {
 		t.Fatalf("resumed SSE got\n ra %v\n rb %v", got["ra"], got["rb"])
 	}
 
+	// A room with no events yet: the subscribed position ("<epoch>-0") is
+	// enough to resume from its very first event.
+	empty, err := wire.Dial(ctx, base, wire.SSE, wire.Options{Rooms: []string{"rempty"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := empty.WaitSubscribed(ctx, "rempty"); err != nil {
+		t.Fatal(err)
+	}
+	emptyCursor := empty.Cursor()
+	empty.Close()
+	if !strings.HasSuffix(emptyCursor, "-0") {
+		t.Fatalf("cursor of an unused room = %q, want <room>@<epoch>-0", emptyCursor)
+	}
+	insertRow(ctx, t, db, "rempty", "first ever")
+	back, err := wire.Dial(ctx, base, wire.SSE, wire.Options{Rooms: []string{"rempty"}, LastEventID: emptyCursor})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(ctx, t, back); wire.Body(ev) != "first ever" {
+		t.Fatalf("resume of an unused room got %q", wire.Body(ev))
+	}
+	back.Close()
+
 	// WebSocket: subscribe with since.
 	ws, err := wire.Dial(ctx, base, wire.WebSocket, wire.Options{})
 	if err != nil {

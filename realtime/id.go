@@ -14,7 +14,8 @@ var ErrBadID = errors.New("bad event id")
 // ID orders an event within its room: Offset counts the room's events from 1
 // with no holes, and Epoch changes whenever the Redis history of the room is
 // lost, so a client can always tell "I missed nothing" from "history is gone".
-// The zero ID means "nothing seen yet".
+// Offset 0 is the position before a room's first event. The zero ID (no
+// epoch) means "nothing seen yet".
 type ID struct {
 	Epoch  string
 	Offset uint64
@@ -45,7 +46,7 @@ func ParseID(s string) (ID, error) {
 		}
 	}
 	off, err := strconv.ParseUint(s[i+1:], 10, 64)
-	if err != nil || off == 0 {
+	if err != nil {
 		return ID{}, fmt.Errorf("%w: %q", ErrBadID, s)
 	}
 	return ID{Epoch: epoch, Offset: off}, nil

@@ -21,6 +21,7 @@ type Config struct {
 	DrainTimeout time.Duration // bound on the graceful drain at SIGTERM
 	JoinTimeout  time.Duration // bound on one subscribe (Redis confirmation + replay)
 	ProbeEvery   time.Duration // how often the Redis subscription is proven end to end
+	HistoryTTL   time.Duration // lifetime of a room epoch created when a client joins an unused room
 
 	Auth           auth.Config
 	AllowedOrigins []string // browser origins allowed to connect; "*" allows any; empty: same host only
@@ -43,6 +44,7 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 		DrainTimeout: r.Duration("ROWCAST_DRAIN_TIMEOUT", 10*time.Second, 0, 5*time.Minute),
 		JoinTimeout:  r.Duration("ROWCAST_JOIN_TIMEOUT", 5*time.Second, 100*time.Millisecond, time.Minute),
 		ProbeEvery:   r.Duration("ROWCAST_REDIS_PROBE_INTERVAL", 5*time.Second, 50*time.Millisecond, time.Minute),
+		HistoryTTL:   r.Duration("ROWCAST_HISTORY_TTL", 24*time.Hour, time.Second, 90*24*time.Hour),
 	}
 	c.Auth = auth.Config{
 		Secret:      r.String("ROWCAST_AUTH_SECRET", ""),

@@ -75,7 +75,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("LISTEN_ADDR %q: %w", cfg.ListenAddr, err)
 	}
 	s := &Server{cfg: cfg, log: log, ln: ln, rdb: rdb, db: db, auth: authz, clients: map[*realtime.Client]string{}}
-	s.bus = redisbus.New(rdb, redisbus.Options{Logger: log, ProbeInterval: cfg.ProbeEvery,
+	s.bus = redisbus.New(rdb, redisbus.Options{Logger: log, ProbeInterval: cfg.ProbeEvery, HistoryTTL: cfg.HistoryTTL,
 		OnReconnect: func() { s.metrics.reconnects.Inc() }})
 	s.hub = realtime.NewHub(s.bus, log)
 	s.metrics = newMetrics(s.hub)

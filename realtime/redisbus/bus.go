@@ -28,6 +28,10 @@ type Options struct {
 	Logger     *slog.Logger
 	// OnReconnect, if set, is called each time a failed session is replaced.
 	OnReconnect func()
+	// HistoryTTL is the lifetime given to the epoch of a room that has none
+	// yet when a client joins it; the listener's publishes extend it.
+	// Default 24 h (the listener's default history TTL).
+	HistoryTTL time.Duration
 }
 
 // Bus implements realtime.Bus on Redis pub/sub and streams. One Bus holds
@@ -55,6 +59,9 @@ func New(client redis.UniversalClient, opts Options) *Bus {
 	}
 	if opts.MaxBackoff <= 0 {
 		opts.MaxBackoff = 5 * time.Second
+	}
+	if opts.HistoryTTL <= 0 {
+		opts.HistoryTTL = 24 * time.Hour
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -252,11 +259,38 @@ func (b *Bus) Subscribe(ctx context.Context, room realtime.Room) (realtime.ID, e
 		b.mu.Unlock()
 		return realtime.ID{}, fmt.Errorf("subscribe %q: %w: %w", room, realtime.ErrUnavailable, ctx.Err())
 	}
-	id, err := head(ctx, b.client, k)
+	id, err := b.position(ctx, k)
 	if err != nil {
 		return realtime.ID{}, fmt.Errorf("subscribe %q: %w", room, err)
 	}
 	return id, nil
+}
+
+// positionScript returns a room's epoch and offset, giving a room that has
+// none its epoch now, so a client that joins before the first event can
+// still resume from "offset 0 of this epoch". KEYS: epoch, seq. ARGV:
+// candidate epoch, ttl ms.
+var positionScript = redis.NewScript(`
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[2])
+end
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or '0'}
+`)
+
+func (b *Bus) position(ctx context.Context, k roomKeys) (realtime.ID, error) {
+	epoch, err := newEpoch()
+	if err != nil {
+		return realtime.ID{}, err
+	}
+	res, err := positionScript.Run(ctx, b.client, []string{k.epoch, k.seq}, epoch, b.opts.HistoryTTL.Milliseconds()).StringSlice()
+	if err != nil {
+		return realtime.ID{}, fmt.Errorf("read position: %w", err)
+	}
+	off, err := strconv.ParseUint(res[1], 10, 64)
+	if err != nil {
+		return realtime.ID{}, fmt.Errorf("read position: offset %q: %w", res[1], err)
+	}
+	return realtime.ID{Epoch: res[0], Offset: off}, nil
 }
 
 func (b *Bus) dropWaiter(ch string, w chan struct{}) {

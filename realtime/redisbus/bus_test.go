@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -180,4 +181,22 @@ func TestSubscribeDeliversEverythingPublishedAfterIt(t *testing.T) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// head returns the room's newest id (zero when Redis holds nothing for it).
+func head(ctx context.Context, c redis.Cmdable, k roomKeys) (realtime.ID, error) {
+	vals, err := c.MGet(ctx, k.epoch, k.seq).Result()
+	if err != nil {
+		return realtime.ID{}, fmt.Errorf("read head: %w", err)
+	}
+	epoch, _ := vals[0].(string)
+	seq, _ := vals[1].(string)
+	if epoch == "" || seq == "" {
+		return realtime.ID{}, nil
+	}
+	off, err := strconv.ParseUint(seq, 10, 64)
+	if err != nil {
+		return realtime.ID{}, fmt.Errorf("read head: seq %q: %w", seq, err)
+	}
+	return realtime.ID{Epoch: epoch, Offset: off}, nil
 }

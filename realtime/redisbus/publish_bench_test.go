@@ -1,0 +1,79 @@
+package redisbus
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rowcast/rowcast/internal/testenv"
+	"github.com/rowcast/rowcast/realtime"
+)
+
+// benchRedis starts a Redis container for a benchmark (startRedis in
+// bus_test.go takes a *testing.T).
+func benchRedis(b *testing.B) redis.UniversalClient {
+	b.Helper()
+	if testing.Short() {
+		b.Skip("needs Docker (run without -short)")
+	}
+	ctx := context.Background()
+	r, err := testenv.StartRedis(ctx, b)
+	if err != nil {
+		b.Fatal(err)
+	}
+	url, err := r.URL(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := redis.NewClient(opt)
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+// BenchmarkPublish publishes a batch of 500 events of 1 KiB, as the relay
+// does per outbox batch (ROWCAST_BATCH_SIZE), over one or ten rooms: one
+// round trip with one script call per room. Every iteration uses new outbox
+// ids, so nothing is skipped as a repeat.
+func BenchmarkPublish(b *testing.B) {
+	c := benchRedis(b)
+	ctx := context.Background()
+	for _, rooms := range []int{1, 10} {
+		b.Run(fmt.Sprintf("batch=500/rooms=%d", rooms), func(b *testing.B) {
+			p := NewPublisher(c, HistoryLimits{Len: 1000, TTL: time.Hour})
+			batch := make([]Event, 500)
+			size := 0
+			for i := range batch {
+				room := realtime.Room(fmt.Sprintf("bench-%d-%d", rooms, i%rooms))
+				tail := fmt.Appendf(nil, `,"room":"%s","table":"public.chat_message","op":"INSERT","at":"2026-11-25T23:07:29.239395Z","data":{"id": %d, "body": "%s"}}`,
+					room, i, strings.Repeat("x", 900))
+				batch[i] = Event{Room: room, Tail: tail}
+				size += len(tail)
+			}
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			var next int64
+			for b.Loop() {
+				for i := range batch {
+					next++
+					batch[i].OutboxID = next
+				}
+				n, err := p.Publish(ctx, batch)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if n != len(batch) {
+					b.Fatalf("published %d new events, want %d", n, len(batch))
+				}
+			}
+			b.ReportMetric(float64(next)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
+}
