@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/rowcast/rowcast/internal/testenv"
 )
 
@@ -215,6 +217,21 @@ func startAppAt(ctx context.Context, t *testing.T, s *stack, addr string, extra 
 		t.Fatal(err)
 	}
 	return p, base
+}
+
+// startSystem starts a stack, one listener and one app (with appEnv), and
+// opens a database connection for the test's inserts.
+func startSystem(ctx context.Context, t *testing.T, appEnv ...string) (*stack, string, *pgx.Conn) {
+	t.Helper()
+	s := startStack(ctx, t)
+	startListener(ctx, t, s)
+	_, base := startApp(ctx, t, s, appEnv...)
+	db, err := pgx.Connect(ctx, s.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	return s, base, db
 }
 
 // startListener starts a listener and waits until it leads or stands by.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/rowcast/rowcast/internal/retry"
 	"github.com/rowcast/rowcast/listener/outbox"
 	"github.com/rowcast/rowcast/realtime/redisbus"
 )
@@ -75,29 +76,12 @@ func (r *Relay) Published() int64 { return r.published.Load() }
 // Run works until ctx ends, reconnecting with backoff. It returns nil on
 // cancellation.
 func (r *Relay) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
-	var down time.Time
-	for {
-		err := r.session(ctx, func() {
-			if !down.IsZero() {
-				r.log.Info("postgres connection restored", "after", time.Since(down).Round(time.Millisecond))
-				down = time.Time{}
-			}
-			backoff = 100 * time.Millisecond
-		})
-		r.leader.Store(false)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if down.IsZero() {
-			down = time.Now()
-			r.log.Error("listener session ended; reconnecting", "err", err)
-		}
-		if !sleep(ctx, backoff) {
-			return nil
-		}
-		backoff = min(backoff*2, r.cfg.MaxBackoff)
-	}
+	retry.Loop(ctx, r.retryPolicy("listener session"), r.session)
+	return nil
+}
+
+func (r *Relay) retryPolicy(what string) retry.Policy {
+	return retry.Policy{Min: 100 * time.Millisecond, Max: r.cfg.MaxBackoff, Log: r.log, What: what}
 }
 
 // session owns one LISTEN connection: wait for the lock, LISTEN, drain, then
@@ -108,6 +92,7 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	defer r.leader.Store(false)
 	up()
 
 	if err := r.acquire(ctx, conn); err != nil {
@@ -176,8 +161,12 @@ func (r *Relay) acquire(ctx context.Context, conn *pgx.Conn) error {
 			r.log.Info("standing by: another listener leads")
 			logged = true
 		}
-		if !sleep(ctx, r.cfg.PollInterval) {
+		t := time.NewTimer(r.cfg.PollInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return ctx.Err()
+		case <-t.C:
 		}
 		if err := conn.Ping(ctx); err != nil {
 			return fmt.Errorf("standby ping: %w", err)
@@ -231,41 +220,22 @@ func (r *Relay) relay(ctx context.Context, rows []outbox.Row) error {
 	if len(events) == 0 {
 		return nil
 	}
-	backoff := 100 * time.Millisecond
-	var down time.Time
-	for {
+	// Redis is retried here, so the Postgres session and the leadership stay.
+	err := retry.Do(ctx, r.retryPolicy("publish to redis"), func(ctx context.Context) error {
 		n, err := r.pub.Publish(ctx, events)
-		if err == nil {
-			r.published.Add(int64(n))
-			if r.OnBatch != nil {
-				r.OnBatch(len(events))
-			}
-			if !down.IsZero() {
-				r.log.Info("redis reachable again", "after", time.Since(down).Round(time.Millisecond))
-			}
-			break
+		if err != nil {
+			return err
 		}
-		if down.IsZero() {
-			down = time.Now()
-			r.log.Error("publish to redis failed; retrying", "err", err)
+		r.published.Add(int64(n))
+		if r.OnBatch != nil {
+			r.OnBatch(len(events))
 		}
-		if !sleep(ctx, backoff) {
-			return ctx.Err()
-		}
-		backoff = min(backoff*2, r.cfg.MaxBackoff)
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	dctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	return r.store.Delete(dctx, ids)
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/rowcast/rowcast/internal/retry"
 	"github.com/rowcast/rowcast/realtime"
 )
 
@@ -82,34 +83,17 @@ func (b *Bus) Connected() bool { return b.connected.Load() }
 // Run keeps one subscription session alive until ctx ends, delivering to h.
 // Each outage is logged once, when it starts, and once when it ends.
 func (b *Bus) Run(ctx context.Context, h realtime.Handler) error {
-	backoff := 100 * time.Millisecond
-	var down time.Time
-	for {
-		err := b.session(ctx, h, func() {
-			if !down.IsZero() {
-				b.log.Info("redis subscription restored", "after", time.Since(down).Round(time.Millisecond))
-				down = time.Time{}
+	p := retry.Policy{Min: 100 * time.Millisecond, Max: b.opts.MaxBackoff, Log: b.log, What: "redis subscription",
+		OnRetry: func(error) {
+			if b.opts.OnReconnect != nil {
+				b.opts.OnReconnect()
 			}
-			backoff = 100 * time.Millisecond
-		})
-		b.connected.Store(false)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if down.IsZero() {
-			down = time.Now()
-			b.log.Error("redis subscription lost; reconnecting", "err", err)
-		}
-		if b.opts.OnReconnect != nil {
-			b.opts.OnReconnect()
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, b.opts.MaxBackoff)
-	}
+		}}
+	retry.Loop(ctx, p, func(ctx context.Context, up func()) error {
+		defer b.connected.Store(false)
+		return b.session(ctx, h, up)
+	})
+	return nil
 }
 
 // session owns one subscription connection until it fails. Besides the
