@@ -56,7 +56,7 @@ func TestBrowser(t *testing.T) {
 	}{{"websocket", ws}, {"sse      ", sse}} {
 		t.Logf("insert-to-browser latency, %s one row at a time: %s; in bursts: %s",
 			l.name, percentiles(l.lat.paced), percentiles(l.lat.burst))
-		fmt.Printf("e2e browser latency %s paced %s; burst %s\n", l.name, percentiles(l.lat.paced), percentiles(l.lat.burst))
+		report(t, "browser insert-to-DOM latency %s: paced %s; burst %s", l.name, percentiles(l.lat.paced), percentiles(l.lat.burst))
 	}
 
 	t.Run("post_errors", func(t *testing.T) { checkPostErrors(t, base) })

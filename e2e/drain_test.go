@@ -62,5 +62,5 @@ func TestDrainToSecondEdge(t *testing.T) {
 			t.Errorf("%s subscriber did not move to edge B", sub.Transport)
 		}
 	}
-	t.Logf("drain: edge A exited %s after SIGTERM; %d subscribers resumed on edge B", time.Since(start).Round(time.Millisecond), len(subs))
+	report(t, "drain: edge A exited %s after SIGTERM; %d subscribers resumed on edge B", time.Since(start).Round(time.Millisecond), len(subs))
 }

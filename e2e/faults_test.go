@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -404,16 +403,18 @@ func TestFaults(t *testing.T) {
 			mu.Unlock()
 		})
 	}
-	printFaultTable(table)
+	for _, line := range strings.Split(strings.TrimRight(faultTable(table), "\n"), "\n") {
+		report(t, "%s", line)
+	}
 }
 
-func printFaultTable(rows []faultRow) {
+func faultTable(rows []faultRow) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n%-42s %6s %9s %9s %5s %5s %6s\n", "fault", "rows", "expected", "delivered", "lost", "dups", "resets")
+	fmt.Fprintf(&b, "%-42s %6s %9s %9s %5s %5s %6s\n", "fault", "rows", "expected", "delivered", "lost", "dups", "resets")
 	for _, r := range rows {
 		fmt.Fprintf(&b, "%-42s %6d %9d %9d %5d %5d %6d\n", r.fault, r.rows, r.expected, r.delivered, r.lost, r.dups, r.resets)
 	}
-	fmt.Fprint(os.Stdout, b.String())
+	return b.String()
 }
 
 func describeControls(cs []wire.Control) string {

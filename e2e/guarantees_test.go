@@ -288,8 +288,7 @@ func TestSlowClient(t *testing.T) {
 		// queue once; it then resumes, so its delivery still completes.
 		t.Logf("%s fast client: %d rows, %d reconnects", f.Transport, f.Count(), f.Connects()-1)
 	}
-	t.Logf("others' delivery while one client was slow: %s", percentiles(lat))
-	fmt.Printf("e2e slow-client: others' latency %s\n", percentiles(lat))
+	report(t, "others' latency while one client was slow: %s", percentiles(lat))
 
 	// Now read the slow WebSocket: it ends with close code 4008.
 	read := 0

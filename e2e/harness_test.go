@@ -266,6 +266,26 @@ func waitReady(ctx context.Context, url string, p *proc) error {
 	}
 }
 
+// report records a figure for the run's summary: it goes to the test log
+// and, when ROWCAST_E2E_REPORT names a file, is appended to it (go test
+// hides passing tests' output; `task test` prints that file at the end).
+func report(t *testing.T, format string, args ...any) {
+	t.Helper()
+	line := fmt.Sprintf(format, args...)
+	t.Log(line)
+	path := os.Getenv("ROWCAST_E2E_REPORT")
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Errorf("report: %v", err)
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "%s: %s\n", t.Name(), strings.TrimRight(line, "\n"))
+}
+
 // percentiles formats p50/p99/max of ds.
 func percentiles(ds []time.Duration) string {
 	if len(ds) == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -79,13 +80,38 @@ func TestPipeline(t *testing.T) {
 			}
 		}
 		got, lat := collect(ctx, t, c.name, c.conn, len(want))
+		expectNoMore(t, c.name, c.conn)
 		latency[c.tr] = append(latency[c.tr], lat...)
 		assertSameOrderPerRoom(t, c.name, want, got)
 	}
-	t.Logf("insert-to-client latency, websocket: %s", percentiles(latency[wire.WebSocket]))
-	t.Logf("insert-to-client latency, sse:       %s", percentiles(latency[wire.SSE]))
-	fmt.Printf("e2e pipeline latency websocket %s\ne2e pipeline latency sse       %s\n",
-		percentiles(latency[wire.WebSocket]), percentiles(latency[wire.SSE]))
+	report(t, "insert-to-client latency, bursts, websocket: %s", percentiles(latency[wire.WebSocket]))
+	report(t, "insert-to-client latency, bursts, sse:       %s", percentiles(latency[wire.SSE]))
+
+	// Paced: one row at a time, each awaited by every client of its room,
+	// so the figure is the pipeline's own latency, not a queue's.
+	db, err := pgx.Connect(ctx, s.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	paced := map[wire.Transport][]time.Duration{}
+	for i := range 50 {
+		if _, err := db.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('room-a', 'e2e', $1)`, fmt.Sprint("paced-", i)); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range clients {
+			if !slices.Contains(c.rooms, "room-a") {
+				continue
+			}
+			got, lat := collect(ctx, t, c.name, c.conn, 1)
+			if got[0] != fmt.Sprint("room-a/paced-", i) {
+				t.Fatalf("%s: paced row %d arrived as %q", c.name, i, got[0])
+			}
+			paced[c.tr] = append(paced[c.tr], lat...)
+		}
+	}
+	report(t, "insert-to-client latency, paced,  websocket: %s", percentiles(paced[wire.WebSocket]))
+	report(t, "insert-to-client latency, paced,  sse:       %s", percentiles(paced[wire.SSE]))
 }
 
 // commitRows inserts rows in several transactions: single rows in
@@ -132,8 +158,7 @@ func commitRows(ctx context.Context, t *testing.T, url string) []sentRow {
 	return sent
 }
 
-// collect reads n events from conn (and then makes sure no extra event
-// follows promptly), returning "room/body" per event and the latencies from
+// collect reads n events from conn, returning "room/body" per event and the latencies from
 // capture to receipt.
 func collect(ctx context.Context, t *testing.T, name string, conn *wire.Conn, n int) ([]string, []time.Duration) {
 	t.Helper()
@@ -161,8 +186,14 @@ func collect(ctx context.Context, t *testing.T, name string, conn *wire.Conn, n 
 			t.Fatalf("%s: got %d of %d events before timeout", name, len(got), n)
 		}
 	}
-	// Anything more is a duplicate or a foreign room's row. A short wait
-	// cannot make this check pass wrongly, only miss a very late extra.
+	return got, lat
+}
+
+// expectNoMore checks that no further event follows promptly: anything more
+// would be a duplicate or a foreign room's row. A short wait cannot make this
+// check pass wrongly, only miss a very late extra.
+func expectNoMore(t *testing.T, name string, conn *wire.Conn) {
+	t.Helper()
 	select {
 	case f, ok := <-conn.C:
 		if ok && f.Event != nil {
@@ -170,7 +201,6 @@ func collect(ctx context.Context, t *testing.T, name string, conn *wire.Conn, n 
 		}
 	case <-time.After(300 * time.Millisecond):
 	}
-	return got, lat
 }
 
 // assertSameOrderPerRoom checks got holds exactly want's rows, each once,
