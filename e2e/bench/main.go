@@ -1,0 +1,431 @@
+// Command bench is rowcast's load benchmark. It runs the real system —
+// Postgres, Redis, the listener and the app — and measures what a browser
+// would see: insert-to-client latency, deliveries per second, lost and
+// duplicated events, and the CPU and memory the app and listener use.
+//
+//	go run ./e2e/bench -scenario S1 -transport ws
+//	go run ./e2e/bench -scenario all -transport both
+//
+// By default it starts Postgres and Redis containers (internal/testenv) and
+// builds and runs the app and listener as child processes. With
+// DATABASE_URL and REDIS_URL set it uses those servers instead; with -app it
+// drives an app that is already running (and -no-listener when a listener
+// runs too).
+//
+// Scenarios: S1 100 clients over 10 rooms, 200 rows/s of 1 KiB for 20 s;
+// S2 1,000 clients, 500 rows/s; S3 10,000 idle connections (memory per
+// connection); S4 1,000 clients while the rate steps up until p99 reaches
+// 50 ms or anything is lost; L the listener alone draining a backlog of
+// 100,000 outbox rows.
+//
+// Latency is the receipt time minus the event's "at" (when the trigger
+// captured the row, inside the inserting transaction, by the same kernel
+// clock); "send→recv" is the receipt time minus the time the bench sent the
+// INSERT, written in the row's body.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	selfPID     = os.Getpid()
+	selfProfile string
+)
+
+// out receives progress lines (stderr; tests point it at t.Log).
+var (
+	progressMu sync.Mutex
+	progressW  io.Writer = os.Stderr
+)
+
+func progress(format string, args ...any) {
+	progressMu.Lock()
+	defer progressMu.Unlock()
+	fmt.Fprintf(progressW, time.Now().Format("15:04:05 ")+format+"\n", args...)
+}
+
+type options struct {
+	scenarios   []string
+	transports  []transport
+	duration    time.Duration
+	clients     int
+	rooms       int
+	rate        float64
+	steps       []float64
+	rowSize     int
+	connectRate int
+	workers     int
+	drain       time.Duration
+	backlog     int
+	profile     string
+	stack       stackConfig
+}
+
+func main() {
+	var (
+		o                   options
+		scenario, tr, steps string
+		timeout             time.Duration
+	)
+	flag.StringVar(&scenario, "scenario", "S1", "S1, S2, S3, S4, L, a comma-separated list, or all")
+	flag.StringVar(&tr, "transport", "ws", "ws, sse or both")
+	flag.DurationVar(&o.duration, "duration", 0, "override each scenario's duration (S4: per step; S3: how long connections are held)")
+	flag.IntVar(&o.clients, "clients", 0, "override the number of clients")
+	flag.IntVar(&o.rooms, "rooms", 0, "override the number of rooms")
+	flag.Float64Var(&o.rate, "rate", 0, "override the insert rate of S1 and S2 (rows/s)")
+	flag.StringVar(&steps, "steps", "250,500,1000,1500,2000", "S4's insert rates (rows/s)")
+	flag.IntVar(&o.rowSize, "row-size", 1024, "approximate JSON size of each inserted row (bytes)")
+	flag.IntVar(&o.connectRate, "connect-rate", 1000, "new connections per second")
+	flag.IntVar(&o.workers, "db-conns", 8, "Postgres connections inserting rows")
+	flag.DurationVar(&o.drain, "drain", 10*time.Second, "after the last insert, wait this long without progress for missing events")
+	flag.IntVar(&o.backlog, "backlog", 100000, "L: outbox rows to drain")
+	flag.StringVar(&o.profile, "pprof", "", "directory for pprof profiles: app and listener CPU during S1 and S2, app heap in S3, listener CPU in L")
+	flag.StringVar(&o.stack.src, "src", os.Getenv("ROWCAST_BENCH_SRC"), "module directory to build app and listener from (default: this one)")
+	flag.StringVar(&o.stack.appURL, "app", "", "base URL of a running app to drive instead of starting one (http://host:port)")
+	flag.IntVar(&o.stack.appPID, "app-pid", 0, "PID of the -app process, for its CPU and memory")
+	flag.BoolVar(&o.stack.noListener, "no-listener", false, "a listener already runs against DATABASE_URL: do not start one (L is not run)")
+	flag.IntVar(&o.stack.listenPID, "listener-pid", 0, "PID of that listener, for its CPU and memory")
+	flag.StringVar(&o.stack.syncCommit, "synchronous-commit", "", "synchronous_commit for the bench's INSERT sessions, e.g. off to leave the disk's fsync out of the latency (default: the server's, on)")
+	flag.BoolVar(&o.stack.verbose, "v", false, "log container start-up")
+	flag.DurationVar(&timeout, "timeout", time.Hour, "bound on the whole run")
+	flag.StringVar(&selfProfile, "cpuprofile", "", "write the bench's own CPU profile to this file")
+	flag.Parse()
+	if selfProfile != "" {
+		f, err := os.Create(selfProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	var err error
+	if o.scenarios, err = parseScenarios(scenario); err == nil {
+		if o.transports, err = parseTransports(tr); err == nil {
+			o.steps, err = parseFloats(steps)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	if o.stack.appURL != "" && (os.Getenv("DATABASE_URL") == "" || os.Getenv("REDIS_URL") == "") {
+		fmt.Fprintln(os.Stderr, "bench: -app needs DATABASE_URL and REDIS_URL of the servers that app uses")
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	tb := &mainTB{verbose: o.stack.verbose}
+	res, err := run(ctx, tb, o)
+	tb.runCleanups()
+	res.print(os.Stdout)
+	pprof.StopCPUProfile()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// results are the rows of the three tables.
+type results struct {
+	load     []loadRow
+	idle     []idleRow
+	listener []listenerRow
+	notRun   []string
+}
+
+// run runs the selected scenarios; a scenario that fails is reported and the
+// others still run.
+func run(ctx context.Context, tb testing.TB, o options) (*results, error) {
+	res := &results{}
+	limit := raiseFileLimit(1 << 20)
+	progress("open-file limit %d; load %s", limit, loadavg())
+	debug.SetGCPercent(400) // the bench's own GC competes with the app for the CPU
+	if o.profile != "" {
+		if err := os.MkdirAll(o.profile, 0o755); err != nil {
+			return res, err
+		}
+	}
+	s, err := startStack(ctx, tb, o.stack)
+	if err != nil {
+		return res, err
+	}
+	var errs []error
+	fail := func(what string, err error) {
+		progress("%s: %v", what, err)
+		res.notRun = append(res.notRun, fmt.Sprintf("%s: %v", what, err))
+		errs = append(errs, fmt.Errorf("%s: %w", what, err))
+	}
+	pick := func(v, def int) int {
+		if v > 0 {
+			return v
+		}
+		return def
+	}
+	dur := func(def time.Duration) time.Duration {
+		if o.duration > 0 {
+			return o.duration
+		}
+		return def
+	}
+	rate := func(def float64) []float64 {
+		if o.rate > 0 {
+			return []float64{o.rate}
+		}
+		return []float64{def}
+	}
+	emit := func(r loadRow) { progress("| %s |", strings.Join(r.cells(), " | ")) }
+	for _, sc := range o.scenarios {
+		if ctx.Err() != nil {
+			break
+		}
+		switch sc {
+		case "S1", "S2", "S4":
+			for _, tr := range o.transports {
+				spec := loadSpec{name: sc, tr: tr, rowSize: o.rowSize, connectRate: o.connectRate, workers: o.workers, drain: o.drain}
+				switch sc {
+				case "S1":
+					spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 100), pick(o.rooms, 10), rate(200), dur(20*time.Second)
+					spec.profile = o.profile
+				case "S2":
+					spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 1000), pick(o.rooms, 10), rate(500), dur(20*time.Second)
+					spec.profile = o.profile
+				case "S4":
+					spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 1000), pick(o.rooms, 10), o.steps, dur(10*time.Second)
+					spec.stopAt = 50 * time.Millisecond
+				}
+				rows, err := s.runLoad(ctx, spec, emit)
+				res.load = append(res.load, rows...)
+				if err != nil {
+					fail(sc+" "+string(tr), err)
+				}
+			}
+		case "S3":
+			for _, tr := range o.transports {
+				row, err := s.runIdle(ctx, tr, pick(o.clients, 10000), pick(o.rooms, 10), o.connectRate, dur(10*time.Second), o.profile)
+				if err != nil {
+					fail("S3 "+string(tr), err)
+					continue
+				}
+				progress("| %s |", strings.Join(row.cells(), " | "))
+				res.idle = append(res.idle, row)
+			}
+		case "L":
+			row, err := s.runListener(ctx, o.backlog, pick(o.rooms, 10), o.rowSize, o.profile)
+			if err != nil {
+				fail("L", err)
+				continue
+			}
+			progress("| %s |", strings.Join(row.cells(), " | "))
+			res.listener = append(res.listener, row)
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+func (r *results) print(w io.Writer) {
+	if r == nil {
+		return
+	}
+	table := func(header []string, rows [][]string) {
+		fmt.Fprintf(w, "\n| %s |\n|%s\n", strings.Join(header, " | "), strings.Repeat(" --- |", len(header)))
+		for _, c := range rows {
+			fmt.Fprintf(w, "| %s |\n", strings.Join(c, " | "))
+		}
+	}
+	var notes []string
+	if len(r.load) > 0 {
+		var rows [][]string
+		for _, x := range r.load {
+			rows = append(rows, x.cells())
+			if x.note != "" {
+				notes = append(notes, fmt.Sprintf("%s %s: %s", x.scenario, x.tr, x.note))
+			}
+		}
+		table(loadHeader, rows)
+	}
+	if len(r.idle) > 0 {
+		var rows [][]string
+		for _, x := range r.idle {
+			rows = append(rows, x.cells())
+			if x.failed > 0 {
+				notes = append(notes, fmt.Sprintf("S3 %s: %d connections failed: %v", x.tr, x.failed, x.firstErr))
+			}
+			if x.profileErr != nil {
+				notes = append(notes, fmt.Sprintf("S3 %s: heap profile: %v", x.tr, x.profileErr))
+			}
+		}
+		table(idleHeader, rows)
+	}
+	if len(r.listener) > 0 {
+		var rows [][]string
+		for _, x := range r.listener {
+			rows = append(rows, x.cells())
+			if x.profileErr != nil {
+				notes = append(notes, fmt.Sprintf("L: profile: %v", x.profileErr))
+			}
+		}
+		table(listenerHeader, rows)
+	}
+	for _, n := range append(notes, r.notRun...) {
+		fmt.Fprintln(w, "- "+n)
+	}
+}
+
+func parseScenarios(s string) ([]string, error) {
+	all := []string{"S1", "S2", "S3", "S4", "L"}
+	if strings.EqualFold(s, "all") {
+		return all, nil
+	}
+	var out []string
+	for part := range strings.SplitSeq(s, ",") {
+		p := strings.ToUpper(strings.TrimSpace(part))
+		if !slices.Contains(all, p) {
+			return nil, fmt.Errorf("unknown scenario %q (want S1, S2, S3, S4, L or all)", part)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func parseTransports(s string) ([]transport, error) {
+	switch s {
+	case "ws":
+		return []transport{ws}, nil
+	case "sse":
+		return []transport{sse}, nil
+	case "both":
+		return []transport{ws, sse}, nil
+	}
+	return nil, fmt.Errorf("unknown transport %q (want ws, sse or both)", s)
+}
+
+func parseFloats(s string) ([]float64, error) {
+	var out []float64
+	for part := range strings.SplitSeq(s, ",") {
+		f, err := strconv.ParseFloat(strings.TrimSpace(part), 64)
+		if err != nil || f <= 0 {
+			return nil, fmt.Errorf("bad rate %q", part)
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// mainTB lets the command use internal/testenv, whose functions take a
+// testing.TB, outside a test. testing.TB cannot be implemented outside the
+// testing package (it has an unexported method), so the interface is
+// embedded, nil, and the methods testenv and testcontainers call are
+// defined here: Helper, Cleanup, Log(f), Error(f), Fatal(f), Fail(Now),
+// Failed, Name, TempDir, Context. Any other method would panic on the nil
+// interface.
+type mainTB struct {
+	testing.TB
+	verbose bool
+
+	mu       sync.Mutex
+	cleanups []func()
+	failed   bool
+}
+
+// errFailNow unwinds a cleanup that called FailNow (testcontainers'
+// require.NoError does when a container cannot be removed).
+var errFailNow = errors.New("FailNow")
+
+func (t *mainTB) Helper()      {}
+func (t *mainTB) Name() string { return "rowcast-bench" }
+func (t *mainTB) Context() context.Context {
+	return context.Background()
+}
+
+func (t *mainTB) Cleanup(f func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.cleanups = append(t.cleanups, f)
+}
+
+func (t *mainTB) Logf(format string, args ...any) {
+	if t.verbose {
+		progress(format, args...)
+	}
+}
+func (t *mainTB) Log(args ...any) { t.Logf("%s", fmt.Sprint(args...)) }
+func (t *mainTB) Errorf(format string, args ...any) {
+	t.Fail()
+	progress("error: "+format, args...)
+}
+func (t *mainTB) Error(args ...any) { t.Errorf("%s", fmt.Sprint(args...)) }
+func (t *mainTB) Fatalf(format string, args ...any) {
+	t.Errorf(format, args...)
+	t.FailNow()
+}
+func (t *mainTB) Fatal(args ...any) { t.Fatalf("%s", fmt.Sprint(args...)) }
+func (t *mainTB) Fail() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.failed = true
+}
+func (t *mainTB) FailNow() {
+	t.Fail()
+	panic(errFailNow)
+}
+func (t *mainTB) Failed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.failed
+}
+func (t *mainTB) TempDir() string {
+	dir, err := os.MkdirTemp("", "rowcast-bench")
+	if err != nil {
+		panic(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// runCleanups runs the registered cleanups, last first; a panicking one
+// does not stop the others.
+func (t *mainTB) runCleanups() {
+	for {
+		t.mu.Lock()
+		n := len(t.cleanups)
+		if n == 0 {
+			t.mu.Unlock()
+			return
+		}
+		f := t.cleanups[n-1]
+		t.cleanups = t.cleanups[:n-1]
+		t.mu.Unlock()
+		func() {
+			defer func() {
+				if r := recover(); r != nil && r != errFailNow {
+					progress("cleanup panicked: %v", r)
+				}
+			}()
+			f()
+		}()
+	}
+}

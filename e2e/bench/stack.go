@@ -1,0 +1,637 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/rowcast/rowcast/internal/testenv"
+)
+
+// stackConfig says where the system under test comes from.
+type stackConfig struct {
+	src        string // module directory the binaries are built from ("" = the current one)
+	appURL     string // an app already running (not started by the bench)
+	appPID     int    // its PID, for CPU and memory figures (0 = unknown)
+	noListener bool   // a listener already runs: do not start one
+	listenPID  int    // its PID (0 = unknown)
+	syncCommit string // synchronous_commit of the bench's inserting sessions ("" = the server's)
+	verbose    bool
+}
+
+// stack is Postgres, Redis and the binaries: containers started through
+// internal/testenv (cleaned up by tb), or the servers named by DATABASE_URL
+// and REDIS_URL.
+type stack struct {
+	cfg      stackConfig
+	tb       testing.TB
+	pgURL    string
+	redisURL string
+	pgCtr    string // container ids, for their CPU figures ("" when not ours)
+	redisCtr string
+	bins     struct{ dir, app, listener string }
+	db       *pgxpool.Pool
+}
+
+func startStack(ctx context.Context, tb testing.TB, cfg stackConfig) (*stack, error) {
+	s := &stack{cfg: cfg, tb: tb}
+	if err := s.build(ctx); err != nil {
+		return nil, err
+	}
+	s.pgURL, s.redisURL = os.Getenv("DATABASE_URL"), os.Getenv("REDIS_URL")
+	switch {
+	case s.pgURL != "" && s.redisURL != "":
+		progress("using DATABASE_URL and REDIS_URL")
+	case s.pgURL != "" || s.redisURL != "":
+		return nil, errors.New("set both DATABASE_URL and REDIS_URL, or neither (containers are started)")
+	default:
+		if err := s.startContainers(ctx); err != nil {
+			return nil, err
+		}
+	}
+	out, err := runOnce(ctx, s.bins.listener, s.env(), "migrate")
+	if err != nil {
+		return nil, fmt.Errorf("listener migrate: %w\n%s", err, out)
+	}
+	pcfg, err := pgxpool.ParseConfig(s.pgURL)
+	if err != nil {
+		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	pcfg.MaxConns = 16
+	if cfg.syncCommit != "" {
+		pcfg.ConnConfig.RuntimeParams["synchronous_commit"] = cfg.syncCommit
+	}
+	if s.db, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
+		return nil, fmt.Errorf("connect postgres: %w", err)
+	}
+	tb.Cleanup(s.db.Close)
+	return s, nil
+}
+
+func (s *stack) startContainers(ctx context.Context) error {
+	progress("starting Postgres and Redis containers")
+	var (
+		wg          sync.WaitGroup
+		pg          *testenv.Postgres
+		rd          *testenv.Redis
+		pgErr, rErr error
+	)
+	wg.Add(2)
+	go func() { defer wg.Done(); pg, pgErr = testenv.StartPostgres(ctx, s.tb) }()
+	go func() { defer wg.Done(); rd, rErr = testenv.StartRedis(ctx, s.tb) }()
+	wg.Wait()
+	if err := errors.Join(pgErr, rErr); err != nil {
+		return err
+	}
+	var err error
+	if s.pgURL, err = pg.URL(ctx); err != nil {
+		return err
+	}
+	if s.redisURL, err = rd.URL(ctx); err != nil {
+		return err
+	}
+	s.pgCtr, s.redisCtr = pg.Container().GetContainerID(), rd.Container().GetContainerID()
+	return nil
+}
+
+func (s *stack) env(extra ...string) []string {
+	return append([]string{"DATABASE_URL=" + s.pgURL, "REDIS_URL=" + s.redisURL}, extra...)
+}
+
+// debugHook is compiled into the benchmark's copies of the binaries through
+// go build -overlay (the source tree is not touched): with
+// ROWCAST_BENCH_DEBUG_ADDR set, the process serves pprof and its Go memory
+// figures on that address. Without it, nothing changes.
+const debugHook = `package main
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"runtime"
+)
+
+func init() {
+	addr := os.Getenv("ROWCAST_BENCH_DEBUG_ADDR")
+	if addr == "" {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/memstats", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Has("gc") {
+			runtime.GC()
+		}
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		_ = json.NewEncoder(w).Encode(map[string]uint64{
+			"heap_alloc": m.HeapAlloc, "heap_inuse": m.HeapInuse, "stack_inuse": m.StackInuse,
+			"sys": m.Sys, "goroutines": uint64(runtime.NumGoroutine()),
+		})
+	})
+	go func() { _ = http.ListenAndServe(addr, mux) }()
+}
+`
+
+// build compiles the app and the listener (plus debugHook) into a temporary
+// directory.
+func (s *stack) build(ctx context.Context) error {
+	dir, err := os.MkdirTemp("", "rowcast-bench-bin")
+	if err != nil {
+		return err
+	}
+	s.tb.Cleanup(func() { os.RemoveAll(dir) })
+	s.bins.dir = dir
+	s.bins.app = filepath.Join(dir, "app")
+	s.bins.listener = filepath.Join(dir, "listener")
+	hook := filepath.Join(dir, "bench_debug_hook.go")
+	if err := os.WriteFile(hook, []byte(debugHook), 0o644); err != nil {
+		return err
+	}
+	progress("building app and listener from %s", orDot(s.cfg.src))
+	for out, pkg := range map[string]string{s.bins.app: "github.com/rowcast/rowcast/app", s.bins.listener: "github.com/rowcast/rowcast/listener"} {
+		if out == s.bins.app && s.cfg.appURL != "" {
+			continue
+		}
+		list := exec.CommandContext(ctx, "go", "list", "-f", "{{.Dir}}", pkg)
+		list.Dir = s.cfg.src
+		pkgDir, err := list.Output()
+		if err != nil {
+			return fmt.Errorf("go list %s: %w", pkg, err)
+		}
+		overlay, _ := json.Marshal(map[string]map[string]string{"Replace": {
+			filepath.Join(strings.TrimSpace(string(pkgDir)), "zz_bench_debug_hook.go"): hook,
+		}})
+		ovFile := out + ".overlay.json"
+		if err := os.WriteFile(ovFile, overlay, 0o644); err != nil {
+			return err
+		}
+		cmd := exec.CommandContext(ctx, "go", "build", "-overlay", ovFile, "-o", out, pkg)
+		cmd.Dir = s.cfg.src
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+		}
+	}
+	return nil
+}
+
+func orDot(s string) string {
+	if s == "" {
+		return "."
+	}
+	return s
+}
+
+// runOnce runs a binary to completion and returns its combined output.
+func runOnce(ctx context.Context, bin string, env []string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// proc is a child process started by the bench: the app or the listener.
+type proc struct {
+	name  string
+	cmd   *exec.Cmd
+	out   *tailBuffer
+	done  chan struct{}
+	err   error
+	debug string // host:port of the debug hook
+}
+
+// tailBuffer keeps the last 256 KiB a process wrote.
+type tailBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (b *tailBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.b = append(b.b, p...)
+	if over := len(b.b) - 256<<10; over > 0 {
+		b.b = append(b.b[:0], b.b[over:]...)
+	}
+	return len(p), nil
+}
+
+func (b *tailBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.b)
+}
+
+func (s *stack) startProc(name, bin string, env []string, args ...string) (*proc, error) {
+	debug, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	p := &proc{name: name, out: &tailBuffer{}, done: make(chan struct{}), debug: debug}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = append(append(os.Environ(), env...), "ROWCAST_BENCH_DEBUG_ADDR="+debug)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	// The child dies with the bench, even on SIGKILL.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	s.tb.Cleanup(func() { p.stop() })
+	return p, nil
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+// stop sends SIGTERM and waits (SIGKILL after 15 s).
+func (p *proc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// waitLog waits until the process output contains s.
+func (p *proc) waitLog(ctx context.Context, s string) error {
+	for {
+		if strings.Contains(p.out.String(), s) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s never logged %q: %w\n%s", p.name, s, ctx.Err(), p.out.String())
+		case <-p.done:
+			return fmt.Errorf("%s exited (%v) before logging %q\n%s", p.name, p.err, s, p.out.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// app is the edge server under test: started by the bench, or given.
+type app struct {
+	base string
+	pid  int
+	proc *proc // nil when not ours
+}
+
+// startApp starts a fresh app (so its peak RSS is this run's) and waits for
+// /readyz.
+func (s *stack) startApp(ctx context.Context) (*app, error) {
+	if s.cfg.appURL != "" {
+		return &app{base: strings.TrimRight(s.cfg.appURL, "/"), pid: s.cfg.appPID}, nil
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.startProc("app", s.bins.app, s.env(
+		"LISTEN_ADDR="+addr,
+		// Every benchmark client comes from a few loopback addresses.
+		"ROWCAST_MAX_CONNS_PER_IP=1000000",
+	))
+	if err != nil {
+		return nil, err
+	}
+	a := &app{base: "http://" + addr, pid: p.pid(), proc: p}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		resp, err := http.Get(a.base + "/readyz")
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return a, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			p.stop()
+			return nil, fmt.Errorf("app not ready: %w\n%s", ctx.Err(), p.out.String())
+		case <-p.done:
+			return nil, fmt.Errorf("app exited (%v)\n%s", p.err, p.out.String())
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+}
+
+func (a *app) stop() {
+	if a.proc != nil {
+		a.proc.stop()
+	}
+}
+
+// memStats reads the Go memory figures of a process started by the bench
+// (after a GC when gc is set); ok is false when they are not available.
+func memStats(p *proc, gc bool) (m map[string]uint64, ok bool) {
+	if p == nil {
+		return nil, false
+	}
+	u := "http://" + p.debug + "/debug/memstats"
+	if gc {
+		u += "?gc=1"
+	}
+	c := http.Client{Timeout: 30 * time.Second}
+	resp, err := c.Get(u)
+	if err != nil {
+		return nil, false
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+		return nil, false
+	}
+	return m, true
+}
+
+// saveProfile fetches a pprof profile from a process started by the bench.
+func saveProfile(ctx context.Context, p *proc, path, file string) error {
+	if p == nil {
+		return errors.New("not started by the bench: no profile")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.debug+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("profile %s: %s: %s", path, resp.Status, b)
+	}
+	var buf bytes.Buffer
+	if _, err := io.Copy(&buf, resp.Body); err != nil {
+		return err
+	}
+	return os.WriteFile(file, buf.Bytes(), 0o644)
+}
+
+// startListener starts a listener and waits until it leads.
+func (s *stack) startListener(ctx context.Context) (*proc, error) {
+	p, err := s.startProc("listener", s.bins.listener, s.env("HEALTH_ADDR=127.0.0.1:0"))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := p.waitLog(ctx, "leading"); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// usage is what a process or container used: CPU time, and memory for a
+// process.
+type usage struct {
+	cpu      time.Duration
+	rss, hwm int64 // bytes
+	ok       bool
+}
+
+// procUsage reads /proc/PID/stat (utime+stime) and /proc/PID/status (VmRSS,
+// VmHWM: resident now and at its peak).
+func procUsage(pid int) usage {
+	if pid <= 0 {
+		return usage{}
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return usage{}
+	}
+	// Fields after the command name, which is in parentheses and may hold
+	// spaces: state is field 3, utime field 14, stime field 15.
+	i := bytes.LastIndexByte(stat, ')')
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 13 {
+		return usage{}
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	u := usage{cpu: time.Duration(ut+st) * time.Second / clockTicks, ok: true}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return u
+	}
+	for line := range strings.SplitSeq(string(status), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "VmRSS":
+			u.rss = kb << 10
+		case "VmHWM":
+			u.hwm = kb << 10
+		}
+	}
+	return u
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every
+// Linux architecture Go supports.
+const clockTicks = 100
+
+// containerCPU reads a container's CPU time from its cgroup (v1 cpuacct or
+// v2 cpu.stat); ok is false when neither is readable.
+func containerCPU(id string) (time.Duration, bool) {
+	if id == "" {
+		return 0, false
+	}
+	for _, f := range []string{
+		"/sys/fs/cgroup/cpuacct/docker/" + id + "/cpuacct.usage",
+		"/sys/fs/cgroup/cpu,cpuacct/docker/" + id + "/cpuacct.usage",
+	} {
+		if b, err := os.ReadFile(f); err == nil {
+			ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			return time.Duration(ns), err == nil
+		}
+	}
+	for _, f := range []string{
+		"/sys/fs/cgroup/system.slice/docker-" + id + ".scope/cpu.stat",
+		"/sys/fs/cgroup/docker/" + id + "/cpu.stat",
+	} {
+		if b, err := os.ReadFile(f); err == nil {
+			for line := range strings.SplitSeq(string(b), "\n") {
+				if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+					us, err := strconv.ParseInt(v, 10, 64)
+					return time.Duration(us) * time.Microsecond, err == nil
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+// loadavg is the 1-minute load average.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
+}
+
+// raiseFileLimit lifts RLIMIT_NOFILE to its hard limit, higher when
+// allowed. Children inherit it (Go restores the original limit in children
+// only when the process never sets it itself).
+func raiseFileLimit(want uint64) uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	if lim.Max < want {
+		up := syscall.Rlimit{Cur: want, Max: want}
+		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &up) == nil {
+			return want
+		}
+	}
+	lim.Cur = lim.Max
+	_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	return lim.Cur
+}
+
+// handoffHist is the app's rowcast_event_latency_seconds histogram (capture
+// to hand-off to local client sockets), cumulative counts by upper bound.
+type handoffHist struct {
+	bounds []float64
+	counts []float64
+}
+
+// scrapeHandoff reads the histogram from the app's /metrics; ok is false
+// when the app does not expose it.
+func scrapeHandoff(base string) (h handoffHist, ok bool) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(base + "/metrics")
+	if err != nil {
+		return h, false
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return h, false
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return h, false
+	}
+	const prefix = `rowcast_event_latency_seconds_bucket{le="`
+	for line := range strings.SplitSeq(string(b), "\n") {
+		rest, found := strings.CutPrefix(line, prefix)
+		if !found {
+			continue
+		}
+		le, val, found := strings.Cut(rest, `"} `)
+		if !found {
+			continue
+		}
+		bound, err1 := strconv.ParseFloat(le, 64)
+		if le == "+Inf" {
+			bound, err1 = 1e9, nil
+		}
+		n, err2 := strconv.ParseFloat(strings.TrimSpace(val), 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		h.bounds = append(h.bounds, bound)
+		h.counts = append(h.counts, n)
+	}
+	return h, len(h.bounds) > 0
+}
+
+// quantiles returns the bucket bounds holding the q-quantiles of the events
+// counted between h0 and h, as text ("≤1", ">10"), in milliseconds.
+func (h handoffHist) quantiles(h0 handoffHist, qs ...float64) []string {
+	out := make([]string, len(qs))
+	if len(h.counts) == 0 || len(h0.counts) != len(h.counts) {
+		for i := range out {
+			out[i] = "n/a"
+		}
+		return out
+	}
+	total := h.counts[len(h.counts)-1] - h0.counts[len(h0.counts)-1]
+	for i, q := range qs {
+		out[i] = "n/a"
+		if total <= 0 {
+			continue
+		}
+		for j := range h.counts {
+			if h.counts[j]-h0.counts[j] >= q*total {
+				if h.bounds[j] >= 1e9 {
+					out[i] = ">" + strconv.FormatFloat(h.bounds[j-1]*1000, 'g', -1, 64)
+				} else {
+					out[i] = "≤" + strconv.FormatFloat(h.bounds[j]*1000, 'g', -1, 64)
+				}
+				break
+			}
+		}
+	}
+	return out
+}
+
+// hostBusy is the CPU time all CPUs of the machine spent not idle, from
+// /proc/stat (user, nice, system, irq, softirq, steal).
+func hostBusy() (time.Duration, bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, false
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, false
+	}
+	var busy int64
+	for i, v := range f[1:9] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, false
+		}
+		busy += n
+	}
+	return time.Duration(busy) * time.Second / clockTicks, true
+}
