@@ -32,6 +32,16 @@ func (id ID) String() string {
 	return id.Epoch + "-" + strconv.FormatUint(id.Offset, 10)
 }
 
+// AppendTo appends id's wire form to b.
+func (id ID) AppendTo(b []byte) []byte {
+	if id.IsZero() {
+		return b
+	}
+	b = append(b, id.Epoch...)
+	b = append(b, '-')
+	return strconv.AppendUint(b, id.Offset, 10)
+}
+
 // ParseID parses the wire form "<epoch>-<offset>".
 func ParseID(s string) (ID, error) {
 	i := strings.LastIndexByte(s, '-')
@@ -92,6 +102,27 @@ func (c Cursor) String() string {
 		b.WriteString(c[Room(r)].String())
 	}
 	return b.String()
+}
+
+// AppendTo appends the text form of the cursor's entries for rooms, in
+// the order given (pass them sorted to match String), skipping rooms it has
+// no id for. It allocates nothing when b has room: the SSE hot path.
+func (c Cursor) AppendTo(b []byte, rooms []Room) []byte {
+	first := true
+	for _, r := range rooms {
+		id := c[r]
+		if id.IsZero() {
+			continue
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = append(b, r...)
+		b = append(b, '@')
+		b = id.AppendTo(b)
+	}
+	return b
 }
 
 // ParseCursor parses the text form of a Cursor. The empty string is an empty

@@ -45,6 +45,9 @@ func TestCursorRoundTrip(t *testing.T) {
 	if s != "a:x@f-9,b@e-2" {
 		t.Fatalf("String = %q", s)
 	}
+	if got := string(c.AppendTo(nil, []Room{"a:x", "b", "empty", "missing"})); got != s {
+		t.Fatalf("AppendTo = %q, want %q", got, s)
+	}
 	back, err := ParseCursor(s)
 	if err != nil || len(back) != 2 || back["b"] != c["b"] || back["a:x"] != c["a:x"] {
 		t.Fatalf("ParseCursor = %v, %v", back, err)

@@ -3,6 +3,7 @@ package edge
 import (
 	"bytes"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -103,6 +104,9 @@ func (s *Server) handleSSE(c echo.Context) error {
 		client.Close(realtime.CloseNormal)
 	}()
 	rooms, cursor := a.rooms, a.cursor
+	// The id: line covers this stream's rooms, in a fixed (sorted) order.
+	idRooms := slices.Sorted(slices.Values(rooms))
+	delivered := s.metrics.delivered.WithLabelValues("sse")
 
 	var buf bytes.Buffer
 	buf.WriteString("retry: 1000\n\n")
@@ -131,8 +135,10 @@ func (s *Server) handleSSE(c echo.Context) error {
 		case <-t.wake:
 			frames := t.take(spare)
 			for i, f := range frames {
-				s.countSSE(f)
-				appendSSE(&buf, cursor, f)
+				if !f.Control {
+					delivered.Inc()
+				}
+				appendSSE(&buf, cursor, idRooms, f)
 				frames[i] = realtime.Frame{} // drop references to event bytes
 			}
 			spare = frames
@@ -152,7 +158,7 @@ func (s *Server) handleSSE(c echo.Context) error {
 			if t.reason == realtime.CloseDraining {
 				ctl.Type = realtime.TypeReconnect
 			}
-			appendSSE(&buf, cursor, realtime.Frame{Data: ctl.Encode(), Control: true})
+			appendSSE(&buf, cursor, idRooms, realtime.Frame{Data: ctl.Encode(), Control: true})
 			_ = write()
 			return nil
 		case <-req.Context().Done():
@@ -161,22 +167,16 @@ func (s *Server) handleSSE(c echo.Context) error {
 	}
 }
 
-func (s *Server) countSSE(f realtime.Frame) {
-	if !f.Control {
-		s.metrics.delivered.WithLabelValues("sse").Inc()
-	}
-}
-
 // appendSSE formats one frame. Events carry "id:" with the cursor over all
 // the stream's rooms; control messages are the "control" event type.
-func appendSSE(buf *bytes.Buffer, cursor realtime.Cursor, f realtime.Frame) {
+func appendSSE(buf *bytes.Buffer, cursor realtime.Cursor, rooms []realtime.Room, f realtime.Frame) {
 	if f.Control {
 		buf.WriteString("event: control\n")
 	}
 	if !f.ID.IsZero() {
 		cursor[f.Room] = f.ID
 		buf.WriteString("id: ")
-		buf.WriteString(cursor.String())
+		buf.Write(cursor.AppendTo(buf.AvailableBuffer(), rooms))
 		buf.WriteByte('\n')
 	}
 	buf.WriteString("data: ")

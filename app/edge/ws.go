@@ -2,13 +2,12 @@ package edge
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/olahol/melody"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
 	"github.com/rowcast/rowcast/app/auth"
@@ -24,34 +23,96 @@ var closeCodes = map[realtime.CloseReason]int{
 	realtime.CloseExpired:  4001,
 }
 
-// wsTransport writes to one melody session. melody's own buffered channel
-// is the bounded queue; inflight counts what sits in it, so Send can refuse
-// before melody would drop a frame silently, keeping room for a close frame.
+// wsTransport writes to one melody session. At most one frame is in
+// melody's queue at a time; frames sent meanwhile wait in pending (bounded by
+// limit: Send reports false when it is full) and go out together, as one
+// JSON array frame, once melody has written the previous one. A client that
+// keeps up gets each event in its own frame; one that falls behind gets
+// fewer, larger frames instead of one syscall per event.
 type wsTransport struct {
-	s        *melody.Session
-	m        *metrics
-	limit    int64
-	inflight atomic.Int64
+	s         *melody.Session
+	limit     int
+	delivered prometheus.Counter
+	slow      prometheus.Counter
+
+	mu       sync.Mutex
+	inflight bool             // a frame is in melody's queue
+	pending  []realtime.Frame // waiting behind it; nil while idle
 	once     sync.Once
 }
 
 func (t *wsTransport) Send(f realtime.Frame) bool {
-	if t.inflight.Add(1) > t.limit {
-		t.inflight.Add(-1)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.inflight {
+		t.writeLocked(f.Data, f.Control)
+		return true
+	}
+	if len(t.pending) >= t.limit {
 		return false
 	}
-	if !f.Control {
-		t.m.delivered.WithLabelValues("websocket").Inc()
-	}
-	if err := t.s.Write(f.Data); err != nil {
-		t.inflight.Add(-1)
-		return !errors.Is(err, melody.ErrMessageBufferFull)
-	}
+	t.pending = append(t.pending, f)
 	return true
 }
 
-// sent is called by melody after each text frame is written.
-func (t *wsTransport) sent() { t.inflight.Add(-1) }
+// writeLocked hands one frame to melody (a non-blocking queue insert).
+func (t *wsTransport) writeLocked(data []byte, control bool) {
+	if err := t.s.Write(data); err != nil {
+		return // the session is closing: nothing more will be written
+	}
+	t.inflight = true
+	if !control {
+		t.delivered.Inc()
+	}
+}
+
+// sent is called by melody after each text frame is written: the next
+// frame is everything pending.
+func (t *wsTransport) sent() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.inflight = false
+	switch len(t.pending) {
+	case 0:
+		return
+	case 1:
+		t.writeLocked(t.pending[0].Data, t.pending[0].Control)
+	default:
+		t.writeLocked(batch(t.pending), false)
+	}
+	clear(t.pending)
+	if cap(t.pending) > 64 {
+		t.pending = nil // a burst is over: do not keep its buffer on an idle connection
+	} else {
+		t.pending = t.pending[:0]
+	}
+}
+
+// batch joins frames into one JSON array, in order.
+func batch(frames []realtime.Frame) []byte {
+	size := 1
+	for _, f := range frames {
+		size += len(f.Data) + 1
+	}
+	out := make([]byte, 0, size)
+	out = append(out, '[')
+	for i, f := range frames {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = appendUnwrapped(out, f.Data)
+	}
+	return append(out, ']')
+}
+
+// appendUnwrapped appends a frame's messages: an array frame (a replay
+// batch) is flattened into the outer array.
+func appendUnwrapped(out, data []byte) []byte {
+	if len(data) >= 2 && data[0] == '[' {
+		return append(out, data[1:len(data)-1]...)
+	}
+	return append(out, data...)
+}
 
 // Close sends a close frame with the reason behind what is queued, and cuts
 // the connection if it has not closed a few seconds later (a slow client may
@@ -59,7 +120,7 @@ func (t *wsTransport) sent() { t.inflight.Add(-1) }
 func (t *wsTransport) Close(reason realtime.CloseReason) {
 	t.once.Do(func() {
 		if reason == realtime.CloseSlow {
-			t.m.slow.WithLabelValues("websocket").Inc()
+			t.slow.Inc()
 		}
 		code, ok := closeCodes[reason]
 		if !ok {
@@ -92,8 +153,11 @@ type wsConn struct {
 func (s *Server) setupWebSocket() {
 	m := melody.New()
 	m.Config.MaxMessageSize = int64(s.cfg.MaxFrame)
-	// Two frames of headroom over the queue limit: a close frame always fits.
-	m.Config.MessageBufferSize = s.cfg.QueueSize + 2
+	// The transport keeps at most one frame in melody's queue (the rest wait
+	// in its own), plus a control or close frame: a small channel suffices.
+	m.Config.MessageBufferSize = 4
+	// Write buffers are pooled: an idle connection holds none.
+	m.Upgrader.WriteBufferPool = &sync.Pool{}
 	// The admission already checked the origin; melody's upgrader must not
 	// apply its own rule on top.
 	m.Upgrader.CheckOrigin = func(*http.Request) bool { return true }
@@ -102,7 +166,8 @@ func (s *Server) setupWebSocket() {
 	m.HandleConnect(func(ms *melody.Session) {
 		v, _ := ms.Get(admissionKey)
 		a := v.(admission)
-		t := &wsTransport{s: ms, limit: int64(s.cfg.QueueSize), m: s.metrics}
+		t := &wsTransport{s: ms, limit: s.cfg.QueueSize,
+			delivered: s.metrics.delivered.WithLabelValues("websocket"), slow: s.metrics.slow.WithLabelValues("websocket")}
 		c := s.hub.NewClient(t, s.cfg.MaxRooms)
 		conn := &wsConn{client: c, t: t, grant: a.grant,
 			limiter: rate.NewLimiter(rate.Limit(s.cfg.MsgRate), int(2*s.cfg.MsgRate)), stopExpiry: watchExpiry(a.grant, c)}

@@ -29,15 +29,41 @@ type Store struct {
 // NewStore returns a Store on pool.
 func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
+const selectOldest = `
+	SELECT id, room, table_name, op, row_data::text, captured_at
+	FROM rowcast.outbox ORDER BY id LIMIT $1`
+
+const deleteIDs = `DELETE FROM rowcast.outbox WHERE id = ANY($1)`
+
 // Oldest returns up to limit rows in id order. Rows stay in the outbox until
 // Delete: a crash after Oldest loses nothing.
 func (s *Store) Oldest(ctx context.Context, limit int) ([]Row, error) {
-	rows, err := s.pool.Query(ctx, `
-		SELECT id, room, table_name, op, row_data::text, captured_at
-		FROM rowcast.outbox ORDER BY id LIMIT $1`, limit)
+	rows, err := s.pool.Query(ctx, selectOldest, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)
 	}
+	return collect(rows)
+}
+
+// DeleteThenOldest removes published rows and reads the next batch, in one
+// round trip (a pipelined batch, run as one implicit transaction).
+func (s *Store) DeleteThenOldest(ctx context.Context, ids []int64, limit int) ([]Row, error) {
+	b := &pgx.Batch{}
+	b.Queue(deleteIDs, ids)
+	b.Queue(selectOldest, limit)
+	br := s.pool.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, fmt.Errorf("delete %d outbox rows: %w", len(ids), err)
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	return collect(rows)
+}
+
+func collect(rows pgx.Rows) ([]Row, error) {
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Row, error) {
 		var row Row
 		var data string
@@ -53,7 +79,7 @@ func (s *Store) Oldest(ctx context.Context, limit int) ([]Row, error) {
 
 // Delete removes published rows.
 func (s *Store) Delete(ctx context.Context, ids []int64) error {
-	if _, err := s.pool.Exec(ctx, `DELETE FROM rowcast.outbox WHERE id = ANY($1)`, ids); err != nil {
+	if _, err := s.pool.Exec(ctx, deleteIDs, ids); err != nil {
 		return fmt.Errorf("delete %d outbox rows: %w", len(ids), err)
 	}
 	return nil

@@ -175,30 +175,34 @@ func (r *Relay) acquire(ctx context.Context, conn *pgx.Conn) error {
 }
 
 // drain moves batches until the outbox is empty. A Redis failure is retried
-// here with backoff (the Postgres session and the leadership stay); a
-// Postgres failure ends the session.
+// in publish (the Postgres session and the leadership stay); a Postgres
+// failure ends the session. Under load the delete of one batch and the read
+// of the next share a round trip.
 func (r *Relay) drain(ctx context.Context) error {
-	for {
+	qctx, cancel := context.WithTimeout(ctx, opTimeout)
+	rows, err := r.store.Oldest(qctx, r.cfg.BatchSize)
+	cancel()
+	for err == nil && len(rows) > 0 {
+		var ids []int64
+		if ids, err = r.publish(ctx, rows); err != nil {
+			return err
+		}
 		qctx, cancel := context.WithTimeout(ctx, opTimeout)
-		rows, err := r.store.Oldest(qctx, r.cfg.BatchSize)
-		cancel()
-		if err != nil {
-			return err
-		}
-		if len(rows) == 0 {
-			return nil
-		}
-		if err := r.relay(ctx, rows); err != nil {
-			return err
-		}
 		if len(rows) < r.cfg.BatchSize {
-			return nil
+			err = r.store.Delete(qctx, ids)
+			rows = nil
+		} else {
+			rows, err = r.store.DeleteThenOldest(qctx, ids, r.cfg.BatchSize)
 		}
+		cancel()
 	}
+	return err
 }
 
-// relay publishes one batch, then removes it from the outbox.
-func (r *Relay) relay(ctx context.Context, rows []outbox.Row) error {
+// publish sends one batch to Redis and returns the ids of the rows it
+// published, for the caller to delete. Rows that can never be published are
+// moved to rowcast.rejected here.
+func (r *Relay) publish(ctx context.Context, rows []outbox.Row) ([]int64, error) {
 	events := make([]redisbus.Event, 0, len(rows))
 	ids := make([]int64, 0, len(rows))
 	var rejected []int64
@@ -213,14 +217,16 @@ func (r *Relay) relay(ctx context.Context, rows []outbox.Row) error {
 		ids = append(ids, row.ID)
 	}
 	if len(rejected) > 0 {
-		if err := r.store.Reject(ctx, rejected, "invalid room name"); err != nil {
-			return err
+		rctx, cancel := context.WithTimeout(ctx, opTimeout)
+		err := r.store.Reject(rctx, rejected, "invalid room name")
+		cancel()
+		if err != nil {
+			return nil, err
 		}
 	}
 	if len(events) == 0 {
-		return nil
+		return nil, nil
 	}
-	// Redis is retried here, so the Postgres session and the leadership stay.
 	err := retry.Do(ctx, r.retryPolicy("publish to redis"), func(ctx context.Context) error {
 		n, err := r.pub.Publish(ctx, events)
 		if err != nil {
@@ -232,10 +238,5 @@ func (r *Relay) relay(ctx context.Context, rows []outbox.Row) error {
 		}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	dctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	return r.store.Delete(dctx, ids)
+	return ids, err
 }
