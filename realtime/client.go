@@ -283,19 +283,7 @@ func (c *Client) pushBatchLocked(st *clientRoom, msgs []Message) {
 		if len(fresh) == 0 {
 			continue
 		}
-		size := 1
-		for _, m := range fresh {
-			size += len(m.Data) + 1
-		}
-		data := make([]byte, 0, size)
-		data = append(data, '[')
-		for i, m := range fresh {
-			if i > 0 {
-				data = append(data, ',')
-			}
-			data = append(data, m.Data...)
-		}
-		data = append(data, ']')
+		data := JSONArray(len(fresh), func(i int) []byte { return fresh[i].Data })
 		last := fresh[len(fresh)-1]
 		if !c.t.Send(Frame{Room: last.Room, ID: last.ID, Data: data}) {
 			c.overflowLocked()

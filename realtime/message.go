@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"time"
 )
 
 // Message is one event as it travels from the Bus to clients: Data holds the
@@ -33,6 +34,47 @@ func ParseMessage(room Room, data []byte) (Message, error) {
 		return Message{}, err
 	}
 	return Message{Room: room, ID: id, Data: data}, nil
+}
+
+var atKey = []byte(`,"at":"`)
+
+// CapturedAt reads an encoded event's "at" (when the change was captured)
+// without decoding the row: the publisher writes it before "data", so the
+// first match is the event's own.
+func CapturedAt(data []byte) (time.Time, bool) {
+	i := bytes.Index(data, atKey)
+	if i < 0 {
+		return time.Time{}, false
+	}
+	rest := data[i+len(atKey):]
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(rest[:end]))
+	return t, err == nil
+}
+
+// JSONArray joins n encoded messages into one JSON array frame, in order.
+// An item that is itself an array (a batch) is flattened into it.
+func JSONArray(n int, item func(i int) []byte) []byte {
+	size := 2
+	for i := range n {
+		size += len(item(i)) + 1
+	}
+	out := make([]byte, 0, size)
+	out = append(out, '[')
+	for i := range n {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		data := item(i)
+		if len(data) >= 2 && data[0] == '[' {
+			data = data[1 : len(data)-1]
+		}
+		out = append(out, data...)
+	}
+	return append(out, ']')
 }
 
 // Control message types, sent by the server in the same stream as events.

@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"bytes"
 	"context"
 	"time"
 
@@ -67,25 +66,8 @@ type observed struct {
 
 func (o observed) HandleMessage(ctx context.Context, msg realtime.Message) {
 	o.m.received.Inc()
-	if at, ok := capturedAt(msg.Data); ok {
+	if at, ok := realtime.CapturedAt(msg.Data); ok {
 		defer func() { o.m.latency.Observe(time.Since(at).Seconds()) }()
 	}
 	o.Hub.HandleMessage(ctx, msg)
-}
-
-var atKey = []byte(`,"at":"`)
-
-// capturedAt reads the event's "at" without decoding the row.
-func capturedAt(data []byte) (time.Time, bool) {
-	i := bytes.Index(data, atKey)
-	if i < 0 {
-		return time.Time{}, false
-	}
-	rest := data[i+len(atKey):]
-	end := bytes.IndexByte(rest, '"')
-	if end < 0 {
-		return time.Time{}, false
-	}
-	t, err := time.Parse(time.RFC3339Nano, string(rest[:end]))
-	return t, err == nil
 }

@@ -78,7 +78,7 @@ func (t *wsTransport) sent() {
 	case 1:
 		t.writeLocked(t.pending[0].Data, t.pending[0].Control)
 	default:
-		t.writeLocked(batch(t.pending), false)
+		t.writeLocked(realtime.JSONArray(len(t.pending), func(i int) []byte { return t.pending[i].Data }), false)
 	}
 	clear(t.pending)
 	if cap(t.pending) > 64 {
@@ -86,32 +86,6 @@ func (t *wsTransport) sent() {
 	} else {
 		t.pending = t.pending[:0]
 	}
-}
-
-// batch joins frames into one JSON array, in order.
-func batch(frames []realtime.Frame) []byte {
-	size := 1
-	for _, f := range frames {
-		size += len(f.Data) + 1
-	}
-	out := make([]byte, 0, size)
-	out = append(out, '[')
-	for i, f := range frames {
-		if i > 0 {
-			out = append(out, ',')
-		}
-		out = appendUnwrapped(out, f.Data)
-	}
-	return append(out, ']')
-}
-
-// appendUnwrapped appends a frame's messages: an array frame (a replay
-// batch) is flattened into the outer array.
-func appendUnwrapped(out, data []byte) []byte {
-	if len(data) >= 2 && data[0] == '[' {
-		return append(out, data[1:len(data)-1]...)
-	}
-	return append(out, data...)
 }
 
 // Close sends a close frame with the reason behind what is queued, and cuts

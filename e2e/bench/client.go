@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/rowcast/rowcast/realtime"
 )
 
 // The benchmark's own client of the wire protocol. e2e/wire decodes every
@@ -237,7 +239,6 @@ func (c *client) readSSE(body io.ReadCloser) {
 
 var (
 	eventPrefix = []byte(`{"id":"`)
-	atKey       = []byte(`"at":"`)
 	bodyKey     = []byte(`"body":`)
 )
 
@@ -288,7 +289,7 @@ func (c *client) countForeign() {
 // the send timestamp.
 func (c *client) event(data []byte, now time.Time) {
 	seq, sent, ok := bodySeq(data)
-	at, atOK := eventAt(data)
+	at, atOK := realtime.CapturedAt(data)
 	epoch, off, idOK := eventID(data)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -339,20 +340,6 @@ func eventID(data []byte) (epoch []byte, off uint64, ok bool) {
 	}
 	off, err := strconv.ParseUint(string(id[dash+1:]), 10, 64)
 	return id[:dash], off, err == nil
-}
-
-func eventAt(data []byte) (time.Time, bool) {
-	i := bytes.Index(data, atKey)
-	if i < 0 {
-		return time.Time{}, false
-	}
-	rest := data[i+len(atKey):]
-	end := bytes.IndexByte(rest, '"')
-	if end < 0 {
-		return time.Time{}, false
-	}
-	t, err := time.Parse(time.RFC3339Nano, string(rest[:end]))
-	return t, err == nil
 }
 
 // bodySeq reads "b<seq>.<sent>." at the start of the row's body.
