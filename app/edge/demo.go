@@ -17,7 +17,7 @@ var static embed.FS
 
 // demoRoutes serves the demo page and, with DATABASE_URL set, the form that
 // inserts chat messages (they come back through the trigger like any row).
-func (s *Server) demoRoutes(e *echo.Echo) {
+func (s *Server) demoRoutes(e *echo.Group) {
 	e.FileFS("/", "static/index.html", static)
 	e.FileFS("/rowcast.js", "static/rowcast.js", static)
 	e.POST("/api/messages", s.handlePostMessage)

@@ -91,14 +91,14 @@ func (s *Server) routes() *echo.Echo {
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
-	e.Use(middleware.RequestID())
-	e.Use(s.requestLog())
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET("/readyz", s.handleReady)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})))
+	// Streams run for hours in their handler's goroutine: no middleware, so
+	// its stack stays shallow (memory per idle connection).
 	e.GET("/ws", s.handleWS)
 	e.GET("/events", s.handleSSE)
-	s.demoRoutes(e)
+	s.demoRoutes(e.Group("", middleware.RequestID(), s.requestLog()))
 	return e
 }
 
@@ -151,13 +151,6 @@ func (s *Server) track(c *realtime.Client, transport string, add bool) {
 func (s *Server) requestLog() echo.MiddlewareFunc {
 	return middleware.RequestLoggerWithConfig(middleware.RequestLoggerConfig{
 		LogURIPath: true, LogStatus: true, LogLatency: true, LogRequestID: true, LogMethod: true, LogError: true,
-		Skipper: func(c echo.Context) bool {
-			switch c.Path() {
-			case "/healthz", "/readyz", "/metrics":
-				return true
-			}
-			return false
-		},
 		LogValuesFunc: func(c echo.Context, v middleware.RequestLoggerValues) error {
 			s.log.Debug("request", "id", v.RequestID, "method", v.Method, "path", v.URIPath,
 				"status", v.Status, "duration", v.Latency, "err", v.Error)

@@ -130,8 +130,11 @@ func (s *Server) setupWebSocket() {
 	// The transport keeps at most one frame in melody's queue (the rest wait
 	// in its own), plus a control or close frame: a small channel suffices.
 	m.Config.MessageBufferSize = 4
-	// Write buffers are pooled: an idle connection holds none.
+	// Write buffers are pooled: an idle connection holds none. Reads reuse
+	// the HTTP server's buffered reader, which lives as long as the
+	// connection anyway (melody reads inside the HTTP handler).
 	m.Upgrader.WriteBufferPool = &sync.Pool{}
+	m.Upgrader.ReadBufferSize = 0
 	// The admission already checked the origin; melody's upgrader must not
 	// apply its own rule on top.
 	m.Upgrader.CheckOrigin = func(*http.Request) bool { return true }
