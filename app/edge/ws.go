@@ -88,7 +88,7 @@ func (t *wsTransport) sent() {
 	}
 }
 
-// Close sends a close frame with the reason behind what is queued, and cuts
+// Close sends what is queued, then a close frame with the reason, and cuts
 // the connection if it has not closed a few seconds later (a slow client may
 // never read that far).
 func (t *wsTransport) Close(reason realtime.CloseReason) {
@@ -100,6 +100,15 @@ func (t *wsTransport) Close(reason realtime.CloseReason) {
 		if !ok {
 			code = 1011
 		}
+		// What waits behind the in-flight frame goes out before the close
+		// frame (a drain's "reconnect" in particular); melody's queue has
+		// room for both. A slow client's backlog is dropped: it resumes.
+		t.mu.Lock()
+		if len(t.pending) > 0 && reason != realtime.CloseSlow {
+			_ = t.s.Write(realtime.JSONArray(len(t.pending), func(i int) []byte { return t.pending[i].Data }))
+		}
+		t.pending = nil
+		t.mu.Unlock()
 		if err := t.s.CloseWithMsg(melody.FormatCloseMessage(code, reason.String())); err != nil {
 			_ = t.s.Close()
 			return
