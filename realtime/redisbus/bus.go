@@ -105,6 +105,10 @@ func (b *Bus) Run(ctx context.Context, h realtime.Handler) error {
 func (b *Bus) session(ctx context.Context, h realtime.Handler, up func()) error {
 	ps := b.client.Subscribe(ctx)
 	defer ps.Close()
+	// A blocked receive does not watch ctx: closing the subscription ends
+	// it at once when the process stops.
+	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
+	defer stop()
 
 	probeCh, err := probeChannel()
 	if err != nil {
