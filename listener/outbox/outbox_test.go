@@ -1,0 +1,141 @@
+package outbox_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rowcast/rowcast/internal/connect"
+	"github.com/rowcast/rowcast/internal/testenv"
+	"github.com/rowcast/rowcast/listener/outbox"
+	"github.com/rowcast/rowcast/migrations"
+)
+
+// The capture trigger, against a real Postgres: what reaches the outbox, what
+// never does, and how many wake-ups a transaction costs.
+func TestCaptureTrigger(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs Docker (run without -short)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pg, err := testenv.StartPostgres(ctx, t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url, _ := pg.URL(ctx)
+	if _, err := migrations.Up(ctx, url); err != nil {
+		t.Fatal(err)
+	}
+	db, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := db.Exec(ctx, sql, args...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	exec(`CREATE TABLE public.account (id int PRIMARY KEY, team text, name text, password_hash text, email text)`)
+	exec(`SELECT rowcast.watch('public.account', 'team', 'password_hash', 'email')`)
+
+	listen, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listen.Close(ctx)
+	if _, err := listen.Exec(ctx, "LISTEN rowcast"); err != nil {
+		t.Fatal(err)
+	}
+
+	// One transaction, many rows: one wake-up.
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if _, err := tx.Exec(ctx, `INSERT INTO public.account VALUES ($1, 'blue', 'n', 'secret-hash', 'a@b.c')`, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exec(`UPDATE public.account SET name = 'm' WHERE id = 1`)
+	exec(`DELETE FROM public.account WHERE id = 2`)
+	exec(`INSERT INTO public.account VALUES (100, NULL, 'no room', 'h', 'e')`) // not captured
+	notifications := 0
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		_, err := listen.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		notifications++
+	}
+	if notifications != 3 { // the 50-row transaction, the UPDATE, the DELETE
+		t.Errorf("%d notifications, want one per transaction that captured something (3)", notifications)
+	}
+
+	pool, err := connect.PostgresPool(ctx, "DATABASE_URL", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store := outbox.NewStore(pool)
+	rows, err := store.Oldest(ctx, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 52 {
+		t.Fatalf("%d outbox rows, want 52", len(rows))
+	}
+	ops := map[string]int{}
+	for _, r := range rows {
+		ops[r.Op]++
+		if r.Room != "blue" || r.Table != "public.account" {
+			t.Fatalf("row %+v", r)
+		}
+		if strings.Contains(string(r.Data), "secret-hash") || strings.Contains(string(r.Data), "a@b.c") ||
+			strings.Contains(string(r.Data), "password_hash") {
+			t.Fatalf("a hidden column left the database: %s", r.Data)
+		}
+	}
+	if ops["INSERT"] != 50 || ops["UPDATE"] != 1 || ops["DELETE"] != 1 {
+		t.Fatalf("ops %v", ops)
+	}
+	n, oldest, err := store.Depth(ctx)
+	if err != nil || n != 52 || oldest.IsZero() {
+		t.Fatalf("depth %d, oldest %v, %v", n, oldest, err)
+	}
+	next, err := store.DeleteThenOldest(ctx, []int64{rows[0].ID, rows[1].ID}, 10)
+	if err != nil || len(next) != 10 || next[0].ID != rows[2].ID {
+		t.Fatalf("DeleteThenOldest: %d rows, %v", len(next), err)
+	}
+	if err := store.Reject(ctx, []int64{rows[2].ID}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	var reason string
+	if err := db.QueryRow(ctx, `SELECT reason FROM rowcast.rejected WHERE id = $1`, rows[2].ID).Scan(&reason); err != nil || reason != "test" {
+		t.Fatalf("rejected row: %q, %v", reason, err)
+	}
+
+	// A watched table without the named room column fails loudly at write.
+	exec(`CREATE TABLE public.broken (id int)`)
+	exec(`SELECT rowcast.watch('public.broken', 'room')`)
+	if _, err := db.Exec(ctx, `INSERT INTO public.broken VALUES (1)`); err == nil || !strings.Contains(err.Error(), "no column room") {
+		t.Fatalf("missing room column: %v", err)
+	}
+	// A row far over NOTIFY's 8000-byte payload limit is captured like any other.
+	exec(`INSERT INTO public.account VALUES (200, 'big', $1, 'h', 'e')`, strings.Repeat("x", 100_000))
+	big, err := store.Oldest(ctx, 1000)
+	if err != nil || !strings.Contains(string(big[len(big)-1].Data), strings.Repeat("x", 100_000)) {
+		t.Fatalf("big row not captured whole: %v", err)
+	}
+}
