@@ -354,7 +354,7 @@ func checkAppRestart(ctx context.Context, t *testing.T, browser context.Context,
 		t.Errorf("connections after the online event: %d, want %d", after, before+1)
 	}
 
-	if err := first.stop(syscall.SIGTERM); err != nil {
+	if err := first.Stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("stop app: %v", err)
 	}
 	for i := range 5 {

@@ -70,7 +70,7 @@ func TestBadConfiguration(t *testing.T) {
 	}
 	addr := freeAddr(t)
 	app := startProc(t, "app without redis", bins.app, []string{"REDIS_URL=redis://" + closed, "LISTEN_ADDR=" + addr})
-	if _, err := app.waitLog(ctx, "redis subscription failed"); err != nil {
+	if _, err := app.WaitLog(ctx, "redis subscription failed"); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := http.Get("http://" + addr + "/readyz")

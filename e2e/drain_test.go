@@ -36,7 +36,7 @@ func TestDrainToSecondEdge(t *testing.T) {
 	in := startInserter(ctx, s.pgURL)
 	r.waitProgress(ctx, t, 20, "before the drain")
 	start := time.Now()
-	if err := a.stop(syscall.SIGTERM); err != nil {
+	if err := a.Stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("edge A after SIGTERM: %v", err)
 	}
 	if took := time.Since(start); took > 5*time.Second {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/rowcast/rowcast/e2e/proc"
 	"github.com/rowcast/rowcast/e2e/wire"
 )
 
@@ -23,8 +24,8 @@ var faultRooms = []string{"fa", "fb"}
 // listener, one edge, and reconnecting subscribers on both transports.
 type rig struct {
 	s         *stack
-	listeners []*proc
-	app       *proc
+	listeners []*proc.Process
+	app       *proc.Process
 	appAddr   string
 	base      string
 	subs      []*wire.Subscriber
@@ -36,7 +37,7 @@ func newRig(ctx context.Context, t *testing.T, listenerEnv ...string) *rig {
 	r := &rig{s: startStack(ctx, t), appEnv: []string{"ROWCAST_REDIS_PROBE_INTERVAL=300ms", "ROWCAST_DRAIN_TIMEOUT=1s"}}
 	r.listeners = append(r.listeners, startListener(ctx, t, r.s, listenerEnv...))
 	standby := startProc(t, "listener-2", bins.listener, r.s.env(append([]string{"HEALTH_ADDR=127.0.0.1:0", "ROWCAST_POLL_INTERVAL=500ms"}, listenerEnv...)...))
-	if _, err := standby.waitLog(ctx, "standing by"); err != nil {
+	if _, err := standby.WaitLog(ctx, "standing by"); err != nil {
 		t.Fatal(err)
 	}
 	r.listeners = append(r.listeners, standby)
@@ -252,9 +253,9 @@ func waitHTTP(ctx context.Context, t *testing.T, url string, ok func(int) bool, 
 	}
 }
 
-func listenerHealth(ctx context.Context, t *testing.T, p *proc) string {
+func listenerHealth(ctx context.Context, t *testing.T, p *proc.Process) string {
 	t.Helper()
-	line, err := p.waitLog(ctx, "listener started")
+	line, err := p.WaitLog(ctx, "listener started")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,14 +282,14 @@ func TestFaults(t *testing.T) {
 	}{
 		{name: "kill -9 leader listener, restart it", inject: func(ctx context.Context, t *testing.T, r *rig) {
 			leader := r.listeners[0]
-			if err := leader.stop(syscall.SIGKILL); err == nil {
+			if err := leader.Stop(syscall.SIGKILL); err == nil {
 				t.Fatal("killed listener exited cleanly")
 			}
-			if _, err := r.listeners[1].waitLog(ctx, "leading"); err != nil {
+			if _, err := r.listeners[1].WaitLog(ctx, "leading"); err != nil {
 				t.Fatal(err)
 			}
 			again := startProc(t, "listener-restarted", bins.listener, r.s.env("HEALTH_ADDR=127.0.0.1:0", "ROWCAST_POLL_INTERVAL=500ms"))
-			if _, err := again.waitLog(ctx, "standing by"); err != nil {
+			if _, err := again.WaitLog(ctx, "standing by"); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -330,7 +331,7 @@ func TestFaults(t *testing.T) {
 			waitHTTP(ctx, t, health+"/readyz", func(c int) bool { return c == http.StatusOK }, "listener ready again")
 		}},
 		{name: "restart the app under connected clients", inject: func(ctx context.Context, t *testing.T, r *rig) {
-			if err := r.app.stop(syscall.SIGTERM); err != nil {
+			if err := r.app.Stop(syscall.SIGTERM); err != nil {
 				t.Fatalf("app exit after SIGTERM: %v", err)
 			}
 			r.app, _ = startAppAt(ctx, t, r.s, r.appAddr, r.appEnv...)
@@ -338,7 +339,7 @@ func TestFaults(t *testing.T) {
 		{name: "app down longer than history holds", mayReset: true, mustReset: true,
 			listenerEnv: []string{"ROWCAST_HISTORY_LEN=20"},
 			inject: func(ctx context.Context, t *testing.T, r *rig) {
-				if err := r.app.stop(syscall.SIGTERM); err != nil {
+				if err := r.app.Stop(syscall.SIGTERM); err != nil {
 					t.Fatalf("app exit after SIGTERM: %v", err)
 				}
 				// Let far more rows pass than the history keeps (it trims

@@ -1,12 +1,8 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/rowcast/rowcast/e2e/proc"
 	"github.com/rowcast/rowcast/internal/testenv"
 )
 
@@ -99,121 +96,49 @@ func (s *stack) env(extra ...string) []string {
 	return append([]string{"DATABASE_URL=" + s.pgURL, "REDIS_URL=" + s.redisURL}, extra...)
 }
 
-// runOnce runs a binary to completion and returns its combined output.
-func runOnce(ctx context.Context, bin string, env []string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-// proc is a running rowcast binary. Its output is kept and shown when the
-// test fails.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-	err  error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc {
+// startProc starts a binary that the test stops at its end; its output is
+// shown when the test fails.
+func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc.Process {
 	t.Helper()
-	p := &proc{name: name, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
+	p, err := proc.Start(name, bin, env, args...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
-		p.stop(syscall.SIGKILL)
+		_ = p.Stop(syscall.SIGKILL)
 		if t.Failed() {
-			t.Logf("--- %s output ---\n%s", name, p.out.String())
+			t.Logf("--- %s output ---\n%s", name, p.Output())
 		}
 	})
 	return p
 }
 
-// stop signals the process and waits for it to exit (SIGKILL after 15 s).
-func (p *proc) stop(sig syscall.Signal) error {
-	select {
-	case <-p.done:
-		return p.err
-	default:
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-	return p.err
-}
-
-// waitLog waits until the process output contains s.
-func (p *proc) waitLog(ctx context.Context, s string) (string, error) {
-	for {
-		out := p.out.String()
-		for _, line := range strings.Split(out, "\n") {
-			if strings.Contains(line, s) {
-				return line, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("%s never logged %q: %w\n%s", p.name, s, ctx.Err(), out)
-		case <-p.done:
-			return "", fmt.Errorf("%s exited (%v) before logging %q\n%s", p.name, p.err, s, p.out.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+func runOnce(ctx context.Context, bin string, env []string, args ...string) (string, error) {
+	return proc.RunOnce(ctx, bin, env, args...)
 }
 
 // freeAddr returns a loopback address nobody listens on.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := proc.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // startApp starts an edge server and waits until /readyz answers 200.
-func startApp(ctx context.Context, t *testing.T, s *stack, extra ...string) (*proc, string) {
+func startApp(ctx context.Context, t *testing.T, s *stack, extra ...string) (*proc.Process, string) {
 	t.Helper()
 	return startAppAt(ctx, t, s, freeAddr(t), extra...)
 }
 
 // startAppAt is startApp on a given address (to restart an app in place).
-func startAppAt(ctx context.Context, t *testing.T, s *stack, addr string, extra ...string) (*proc, string) {
+func startAppAt(ctx context.Context, t *testing.T, s *stack, addr string, extra ...string) (*proc.Process, string) {
 	t.Helper()
 	p := startProc(t, "app "+addr, bins.app, s.env(append([]string{"LISTEN_ADDR=" + addr, "ROWCAST_DEMO=true"}, extra...)...))
 	base := "http://" + addr
-	if err := waitReady(ctx, base+"/readyz", p); err != nil {
+	if err := p.WaitHTTP(ctx, base+"/readyz"); err != nil {
 		t.Fatal(err)
 	}
 	return p, base
@@ -235,35 +160,13 @@ func startSystem(ctx context.Context, t *testing.T, appEnv ...string) (*stack, s
 }
 
 // startListener starts a listener and waits until it leads or stands by.
-func startListener(ctx context.Context, t *testing.T, s *stack, extra ...string) *proc {
+func startListener(ctx context.Context, t *testing.T, s *stack, extra ...string) *proc.Process {
 	t.Helper()
 	p := startProc(t, "listener", bins.listener, s.env(append([]string{"HEALTH_ADDR=127.0.0.1:0", "ROWCAST_POLL_INTERVAL=500ms"}, extra...)...))
-	if _, err := p.waitLog(ctx, "leading"); err != nil {
+	if _, err := p.WaitLog(ctx, "leading"); err != nil {
 		t.Fatal(err)
 	}
 	return p
-}
-
-// waitReady polls a readiness endpoint: the process exposes no other signal
-// across a process boundary.
-func waitReady(ctx context.Context, url string, p *proc) error {
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s not ready at %s: %w\n%s", p.name, url, ctx.Err(), p.out.String())
-		case <-p.done:
-			return fmt.Errorf("%s exited (%v)\n%s", p.name, p.err, p.out.String())
-		case <-time.After(25 * time.Millisecond):
-		}
-	}
 }
 
 // report records a figure for the run's summary: it goes to the test log

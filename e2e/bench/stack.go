@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	process "github.com/rowcast/rowcast/e2e/proc"
 	"github.com/rowcast/rowcast/internal/testenv"
 )
 
@@ -65,7 +65,7 @@ func startStack(ctx context.Context, tb testing.TB, cfg stackConfig) (*stack, er
 			return nil, err
 		}
 	}
-	out, err := runOnce(ctx, s.bins.listener, s.env(), "migrate")
+	out, err := process.RunOnce(ctx, s.bins.listener, s.env(), "migrate")
 	if err != nil {
 		return nil, fmt.Errorf("listener migrate: %w\n%s", err, out)
 	}
@@ -200,108 +200,35 @@ func orDot(s string) string {
 	return s
 }
 
-// runOnce runs a binary to completion and returns its combined output.
-func runOnce(ctx context.Context, bin string, env []string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-// proc is a child process started by the bench: the app or the listener.
+// proc is a child process of the bench, with the address of its debug hook
+// (pprof and Go memory figures, served by the build overlay).
 type proc struct {
-	name  string
-	cmd   *exec.Cmd
-	out   *tailBuffer
-	done  chan struct{}
-	err   error
-	debug string // host:port of the debug hook
-}
-
-// tailBuffer keeps the last 256 KiB a process wrote.
-type tailBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (b *tailBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.b = append(b.b, p...)
-	if over := len(b.b) - 256<<10; over > 0 {
-		b.b = append(b.b[:0], b.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (b *tailBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return string(b.b)
+	*process.Process
+	debug string
 }
 
 func (s *stack) startProc(name, bin string, env []string, args ...string) (*proc, error) {
-	debug, err := freeAddr()
+	debug, err := process.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	p := &proc{name: name, out: &tailBuffer{}, done: make(chan struct{}), debug: debug}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = append(append(os.Environ(), env...), "ROWCAST_BENCH_DEBUG_ADDR="+debug)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	// The child dies with the bench, even on SIGKILL.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
+	p, err := process.Start(name, bin, append(env, "ROWCAST_BENCH_DEBUG_ADDR="+debug), args...)
+	if err != nil {
+		return nil, err
 	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	s.tb.Cleanup(func() { p.stop() })
-	return p, nil
+	s.tb.Cleanup(func() { _ = p.Stop(syscall.SIGTERM) })
+	return &proc{Process: p, debug: debug}, nil
 }
 
-func (p *proc) pid() int { return p.cmd.Process.Pid }
+func (p *proc) pid() int { return p.PID() }
 
 // stop sends SIGTERM and waits (SIGKILL after 15 s).
-func (p *proc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+func (p *proc) stop() { _ = p.Stop(syscall.SIGTERM) }
 
 // waitLog waits until the process output contains s.
 func (p *proc) waitLog(ctx context.Context, s string) error {
-	for {
-		if strings.Contains(p.out.String(), s) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s never logged %q: %w\n%s", p.name, s, ctx.Err(), p.out.String())
-		case <-p.done:
-			return fmt.Errorf("%s exited (%v) before logging %q\n%s", p.name, p.err, s, p.out.String())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	_, err := p.WaitLog(ctx, s)
+	return err
 }
 
 // app is the edge server under test: started by the bench, or given.
@@ -317,7 +244,7 @@ func (s *stack) startApp(ctx context.Context) (*app, error) {
 	if s.cfg.appURL != "" {
 		return &app{base: strings.TrimRight(s.cfg.appURL, "/"), pid: s.cfg.appPID}, nil
 	}
-	addr, err := freeAddr()
+	addr, err := process.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -332,24 +259,11 @@ func (s *stack) startApp(ctx context.Context) (*app, error) {
 	a := &app{base: "http://" + addr, pid: p.pid(), proc: p}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	for {
-		resp, err := http.Get(a.base + "/readyz")
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return a, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			p.stop()
-			return nil, fmt.Errorf("app not ready: %w\n%s", ctx.Err(), p.out.String())
-		case <-p.done:
-			return nil, fmt.Errorf("app exited (%v)\n%s", p.err, p.out.String())
-		case <-time.After(25 * time.Millisecond):
-		}
+	if err := p.WaitHTTP(ctx, a.base+"/readyz"); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("app not ready: %w", err)
 	}
+	return a, nil
 }
 
 func (a *app) stop() {
