@@ -6,6 +6,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"sync"
+	"time"
 )
 
 // subStripes is the number of locks that serialise joining and leaving rooms
@@ -23,9 +24,18 @@ type Hub struct {
 
 	subMu [subStripes]sync.Mutex // per-room-name: bus Subscribe/Unsubscribe order
 
+	linger time.Duration // how long an empty room stays subscribed
+
 	mu    sync.RWMutex
 	rooms map[Room]*hubRoom
 }
+
+// HubOption configures a Hub.
+type HubOption func(*Hub)
+
+// Linger sets how long a room without local clients stays subscribed to the
+// bus (default 5 s; 0 unsubscribes at once).
+func Linger(d time.Duration) HubOption { return func(h *Hub) { h.linger = d } }
 
 type hubRoom struct {
 	live    bool                 // bus subscribed; guarded by the room's subMu stripe
@@ -37,14 +47,19 @@ type hubRoom struct {
 
 // NewHub returns a Hub that subscribes rooms on bus. Run the bus with the hub
 // as its handler: go bus.Run(ctx, hub).
-func NewHub(bus Bus, log *slog.Logger) *Hub {
-	return &Hub{bus: bus, log: log, seed: maphash.MakeSeed(), rooms: map[Room]*hubRoom{}}
+func NewHub(bus Bus, log *slog.Logger, opts ...HubOption) *Hub {
+	h := &Hub{bus: bus, log: log, seed: maphash.MakeSeed(), rooms: map[Room]*hubRoom{}, linger: 5 * time.Second}
+	for _, o := range opts {
+		o(h)
+	}
+	return h
 }
 
 // Bus returns the hub's bus.
 func (h *Hub) Bus() Bus { return h.bus }
 
-// Rooms returns how many rooms have local clients.
+// Rooms returns how many rooms the hub is subscribed to (rooms with local
+// clients, and empty ones still lingering).
 func (h *Hub) Rooms() int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
@@ -96,8 +111,9 @@ func (h *Hub) join(ctx context.Context, r Room, c *Client) (ID, error) {
 	return e.last, nil
 }
 
-// leave removes c from room r and unsubscribes the bus when r has no local
-// member left.
+// leave removes c from room r. When r has no local member left, the bus
+// subscription lingers a moment before it is dropped, so a page reload or a
+// reconnect does not cost an unsubscribe and a subscribe.
 func (h *Hub) leave(ctx context.Context, r Room, c *Client) {
 	mu := h.stripe(r)
 	mu.Lock()
@@ -111,12 +127,35 @@ func (h *Hub) leave(ctx context.Context, r Room, c *Client) {
 	}
 	delete(e.members, c)
 	empty := len(e.members) == 0
-	if empty {
-		delete(h.rooms, r)
-	}
 	h.mu.Unlock()
+	if !empty {
+		return
+	}
+	if h.linger > 0 {
+		time.AfterFunc(h.linger, func() { h.reap(context.WithoutCancel(ctx), r, e) })
+		return
+	}
+	h.reapLocked(ctx, r, e)
+}
 
-	if empty && e.live {
+// reap drops room r's entry and bus subscription if it is still empty.
+func (h *Hub) reap(ctx context.Context, r Room, e *hubRoom) {
+	mu := h.stripe(r)
+	mu.Lock()
+	defer mu.Unlock()
+	h.reapLocked(ctx, r, e)
+}
+
+// reapLocked is reap with the room's stripe lock held.
+func (h *Hub) reapLocked(ctx context.Context, r Room, e *hubRoom) {
+	h.mu.Lock()
+	if h.rooms[r] != e || len(e.members) > 0 {
+		h.mu.Unlock()
+		return
+	}
+	delete(h.rooms, r)
+	h.mu.Unlock()
+	if e.live {
 		e.live = false
 		if err := h.bus.Unsubscribe(ctx, r); err != nil {
 			h.log.Warn("unsubscribe room", "room", r, "err", err)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // memBus is an in-memory Bus for the hub's pure logic; the Redis bus has its
@@ -136,7 +137,7 @@ func (r *recorder) controls() []string {
 
 func newTestHub() (*Hub, *memBus) {
 	bus := newMemBus()
-	h := NewHub(bus, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h := NewHub(bus, slog.New(slog.NewTextHandler(io.Discard, nil)), Linger(0))
 	_ = bus.Run(context.Background(), h)
 	return h, bus
 }
@@ -319,5 +320,41 @@ func TestHubFillsNewEpochAfterHistoryLoss(t *testing.T) {
 	}
 	if n := strings.Count(strings.Join(rec.controls(), ""), `"type":"reset"`); n != 1 {
 		t.Fatalf("%d resets, want 1", n)
+	}
+}
+
+func TestEmptyRoomLingersBeforeUnsubscribing(t *testing.T) {
+	ctx := context.Background()
+	bus := newMemBus()
+	h := NewHub(bus, slog.New(slog.NewTextHandler(io.Discard, nil)), Linger(50*time.Millisecond))
+	_ = bus.Run(ctx, h)
+	c := h.NewClient(&recorder{}, 10)
+	if err := c.Join(ctx, "a", ID{}); err != nil {
+		t.Fatal(err)
+	}
+	c.Leave(ctx, "a")
+	// Rejoining within the linger reuses the subscription.
+	c2 := h.NewClient(&recorder{}, 10)
+	if err := c2.Join(ctx, "a", ID{}); err != nil {
+		t.Fatal(err)
+	}
+	bus.mu.Lock()
+	subs := bus.subs["a"]
+	bus.mu.Unlock()
+	if subs != 1 {
+		t.Fatalf("bus subscriptions %d, want 1 (reused)", subs)
+	}
+	c2.Close(CloseNormal)
+	deadline := time.Now().Add(5 * time.Second)
+	for h.Rooms() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("empty room never unsubscribed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	bus.mu.Lock()
+	defer bus.mu.Unlock()
+	if bus.subs["a"] != 0 {
+		t.Fatalf("bus subscriptions %d after the linger", bus.subs["a"])
 	}
 }
