@@ -41,8 +41,9 @@ type hubRoom struct {
 	live    bool                 // bus subscribed; guarded by the room's subMu stripe
 	members map[*Client]struct{} // guarded by Hub.mu
 
-	lastMu sync.Mutex
-	last   ID // last id fanned out (or the head at subscribe time)
+	lastMu    sync.Mutex
+	last      ID     // last id fanned out (or the head at subscribe time)
+	lostEpoch string // epoch whose history was found lost; set while last is zero after a loss
 }
 
 // NewHub returns a Hub that subscribes rooms on bus. Run the bus with the hub
@@ -177,6 +178,15 @@ func (h *Hub) HandleMessage(ctx context.Context, m Message) {
 	}
 	e.lastMu.Lock()
 	defer e.lastMu.Unlock()
+	if e.lostEpoch != "" {
+		// History was found lost; clients were told to reset. A message of
+		// the same epoch is the new starting point; one of a new epoch means
+		// Redis started the room afresh: fill that epoch from its start.
+		if m.ID.Epoch != e.lostEpoch {
+			e.last = ID{Epoch: m.ID.Epoch}
+		}
+		e.lostEpoch = ""
+	}
 	isNew, gap := e.last.Follows(m.ID)
 	if !isNew {
 		return
@@ -215,8 +225,9 @@ func (h *Hub) catchUpLocked(ctx context.Context, r Room, e *hubRoom) {
 	if errors.Is(err, ErrHistoryLost) {
 		h.log.Warn("room history lost; clients told to reset", "room", r, "err", err)
 		h.forEach(e, func(c *Client) { c.reset(r) })
-		// Continue from whatever arrives next instead of failing again.
-		e.last = ID{}
+		// Continue from what arrives next instead of failing again (see
+		// HandleMessage for a new epoch).
+		e.lostEpoch, e.last = e.last.Epoch, ID{}
 		return
 	}
 	if err != nil {

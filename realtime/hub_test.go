@@ -358,3 +358,29 @@ func TestEmptyRoomLingersBeforeUnsubscribing(t *testing.T) {
 		t.Fatalf("bus subscriptions %d after the linger", bus.subs["a"])
 	}
 }
+
+// Redis restarts empty and the listener publishes to the new epoch before
+// the edge has resubscribed: the catch-up finds the old history gone (reset),
+// and the next live message makes the hub replay the new epoch from 1.
+func TestHubReplaysNewEpochAfterResubscribe(t *testing.T) {
+	ctx := context.Background()
+	h, bus := newTestHub()
+	rec := &recorder{}
+	if err := h.NewClient(rec, 10).Join(ctx, "a", ID{}); err != nil {
+		t.Fatal(err)
+	}
+	bus.publish("a", true)
+	bus.mu.Lock()
+	bus.epoch, bus.history["a"] = "e2", nil
+	bus.mu.Unlock()
+	bus.publish("a", false) // e2-1 and e2-2: published while the edge was away
+	bus.publish("a", false)
+	h.HandleResubscribed(ctx, "a")
+	bus.publish("a", true)
+	if got := strings.Join(rec.events(), " "); got != "e1-1 e2-1 e2-2 e2-3" {
+		t.Fatalf("events %q", got)
+	}
+	if n := strings.Count(strings.Join(rec.controls(), ""), `"type":"reset"`); n != 1 {
+		t.Fatalf("%d resets, want 1", n)
+	}
+}
