@@ -23,6 +23,9 @@ type sentRow struct {
 // WebSocket and SSE clients through the trigger, the listener, Redis and the
 // edge, each client getting exactly its rooms' rows, once, in commit order.
 func TestPipeline(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs Docker (run without -short)")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	s := startStack(ctx, t)

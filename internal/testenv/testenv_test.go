@@ -19,6 +19,9 @@ import (
 // TestServers starts both servers on one network and goes through the
 // faults the package offers: Stop/Start keeps the URL, Pause/Unpause freezes.
 func TestServers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs Docker (run without -short)")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
@@ -244,6 +247,9 @@ func TestNoDocker(t *testing.T) {
 // TestMissingImage checks that an image that cannot be found points at the
 // build script.
 func TestMissingImage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs Docker (run without -short)")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
