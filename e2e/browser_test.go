@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -427,5 +428,44 @@ func insertMessages(ctx context.Context, t *testing.T, db *pgx.Conn, room string
 	})
 	if err != nil {
 		t.Fatalf("insert into %s: %v", room, err)
+	}
+}
+
+// TestBrowserToken: rowcast.js presents a JWT from its token option (a
+// function, as an app that refreshes tokens would pass) on every connect; the
+// room the token grants is delivered, and one it does not grant is refused.
+func TestBrowserToken(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser e2e needs Docker and Chromium")
+	}
+	chromium := chromiumPath(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, base, db := startSystem(ctx, t, "ROWCAST_AUTH_SECRET="+testSecret, "ROWCAST_PUBLIC_ROOMS=lobby")
+	browser := startBrowser(ctx, t, chromium)
+	tb := openTab(t, browser, "token", base+"/")
+	tok := token(t, testSecret, []string{"team:*"}, time.Now().Add(time.Hour))
+	eval[bool](t, tb, `(() => {
+		window.__got = []; window.__controls = [];
+		import("/rowcast.js").then((m) => {
+			const rc = m.connect({ token: async () => "`+tok+`", share: false, name: "token-test" });
+			rc.on("control", (c) => window.__controls.push(c.type + " " + (c.room || "") + " " + (c.code || "")));
+			rc.subscribe("team:7", (ev) => window.__got.push(ev.data.body));
+			window.__rc = rc;
+		});
+		return true;
+	})()`)
+	tb.waitFor(t, "team:7 subscribed", `(window.__controls || []).includes("subscribed team:7 ")`)
+	insertRow(ctx, t, db, "team:7", "for the team")
+	tb.waitFor(t, "the team row", `(window.__got || []).includes("for the team")`)
+
+	// A room outside the token: refused, and the granted room keeps flowing.
+	eval[bool](t, tb, `(window.__rc.subscribe("secret", () => window.__got.push("LEAK")), true)`)
+	tb.waitFor(t, "the refusal", `window.__controls.some((c) => c.startsWith("error secret forbidden"))`)
+	insertRow(ctx, t, db, "secret", "must not leak")
+	insertRow(ctx, t, db, "team:7", "after the refusal")
+	tb.waitFor(t, "the next team row", `window.__got.includes("after the refusal")`)
+	if got := eval[[]string](t, tb, `window.__got`); slices.Contains(got, "LEAK") || len(got) != 2 {
+		t.Fatalf("page received %v", got)
 	}
 }
