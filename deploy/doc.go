@@ -1,4 +1,4 @@
-// Package deploy holds no code: its tests check that the deployment files at
+// Package deploy holds one helper (reading the Dockerfile); its tests check that the deployment files at
 // the repository root (fly.toml and Dockerfile) agree with the binaries they
 // run — process names and commands, ports, health check paths, the drain
 // timeout against Fly's kill timeout, and the connection limits. Run them

@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -155,24 +154,10 @@ func loadImage(t *testing.T) image {
 // matter here. It knows the shell form of COPY/ADD only.
 func parseFinalStage(text string) (image, error) {
 	var (
-		img     image
-		stages  int
-		logical string
+		img    image
+		stages int
 	)
-	sc := bufio.NewScanner(strings.NewReader(text))
-	var lines []string
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		if cont, ok := strings.CutSuffix(line, `\`); ok {
-			logical += cont + " "
-			continue
-		}
-		lines = append(lines, logical+line)
-		logical = ""
-	}
+	lines := DockerfileInstructions(text)
 	for _, line := range lines {
 		fields := strings.Fields(line)
 		if len(fields) == 0 {

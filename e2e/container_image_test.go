@@ -29,6 +29,7 @@ import (
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	"github.com/testcontainers/testcontainers-go/wait"
 
+	"github.com/rowcast/rowcast/deploy"
 	"github.com/rowcast/rowcast/internal/testenv"
 )
 
@@ -119,20 +120,7 @@ type contextFile struct {
 // each COPY --from=<stage> taking the file of the same base name from the
 // build context instead.
 func runtimeDockerfile(repo string, files map[string]contextFile) (string, error) {
-	var lines []string
-	var cont string
-	for raw := range strings.Lines(repo) {
-		line := strings.TrimSpace(raw)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		if head, ok := strings.CutSuffix(line, `\`); ok {
-			cont += head + " "
-			continue
-		}
-		lines = append(lines, cont+line)
-		cont = ""
-	}
+	lines := deploy.DockerfileInstructions(repo)
 	last := -1
 	for i, l := range lines {
 		if strings.EqualFold(strings.Fields(l)[0], "FROM") {

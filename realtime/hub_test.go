@@ -135,6 +135,24 @@ func (r *recorder) controls() []string {
 	return out
 }
 
+// joinRecorder joins a new recording client to room r.
+func joinRecorder(t *testing.T, h *Hub, r Room) *recorder {
+	t.Helper()
+	rec := &recorder{}
+	if err := h.NewClient(rec, 10).Join(context.Background(), r, ID{}); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// restartEmpty simulates Redis restarting without persistence: a new epoch,
+// and the room's history gone.
+func (b *memBus) restartEmpty(epoch string, r Room) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.epoch, b.history[r] = epoch, nil
+}
+
 func newTestHub() (*Hub, *memBus) {
 	bus := newMemBus()
 	h := NewHub(bus, slog.New(slog.NewTextHandler(io.Discard, nil)), Linger(0))
@@ -231,10 +249,7 @@ func TestJoinWithLostHistorySendsReset(t *testing.T) {
 func TestHubFillsGapFromHistory(t *testing.T) {
 	ctx := context.Background()
 	h, bus := newTestHub()
-	rec := &recorder{}
-	if err := h.NewClient(rec, 10).Join(ctx, "a", ID{}); err != nil {
-		t.Fatal(err)
-	}
+	rec := joinRecorder(t, h, "a")
 	bus.publish("a", true)
 	bus.publish("a", false) // missed by the live path
 	bus.publish("a", false)
@@ -302,17 +317,11 @@ func TestFailedSubscribeUndoesJoin(t *testing.T) {
 }
 
 func TestHubFillsNewEpochAfterHistoryLoss(t *testing.T) {
-	ctx := context.Background()
 	h, bus := newTestHub()
-	rec := &recorder{}
-	if err := h.NewClient(rec, 10).Join(ctx, "a", ID{}); err != nil {
-		t.Fatal(err)
-	}
+	rec := joinRecorder(t, h, "a")
 	bus.publish("a", true)
 	// Redis restarts empty: a new epoch whose first events the live path missed.
-	bus.mu.Lock()
-	bus.epoch, bus.history["a"] = "e2", nil
-	bus.mu.Unlock()
+	bus.restartEmpty("e2", "a")
 	bus.publish("a", false)
 	bus.publish("a", true)
 	if got := strings.Join(rec.events(), " "); got != "e1-1 e2-1 e2-2" {
@@ -365,14 +374,9 @@ func TestEmptyRoomLingersBeforeUnsubscribing(t *testing.T) {
 func TestHubReplaysNewEpochAfterResubscribe(t *testing.T) {
 	ctx := context.Background()
 	h, bus := newTestHub()
-	rec := &recorder{}
-	if err := h.NewClient(rec, 10).Join(ctx, "a", ID{}); err != nil {
-		t.Fatal(err)
-	}
+	rec := joinRecorder(t, h, "a")
 	bus.publish("a", true)
-	bus.mu.Lock()
-	bus.epoch, bus.history["a"] = "e2", nil
-	bus.mu.Unlock()
+	bus.restartEmpty("e2", "a")
 	bus.publish("a", false) // e2-1 and e2-2: published while the edge was away
 	bus.publish("a", false)
 	h.HandleResubscribed(ctx, "a")
