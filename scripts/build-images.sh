@@ -251,9 +251,9 @@ build_root() {
 		"${SUDO[@]}" apt-get update -qq
 		"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
 	fi
-	log "debootstrap ${SUITE} (postgresql-15, redis-server) from ${mirror} into ${root}"
+	log "debootstrap ${SUITE} (postgresql-15, redis-server, redis-sentinel) from ${mirror} into ${root}"
 	local started=${SECONDS}
-	if ! "${SUDO[@]}" debootstrap --variant=minbase --include=postgresql-15,redis-server \
+	if ! "${SUDO[@]}" debootstrap --variant=minbase --include=postgresql-15,redis-server,redis-sentinel \
 		"${SUITE}" "${root}" "${mirror}" >"${ROOT_PARENT}/debootstrap.log" 2>&1; then
 		tail -n 30 "${ROOT_PARENT}/debootstrap.log" >&2 || true
 		die "debootstrap failed (log above)"

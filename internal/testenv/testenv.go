@@ -83,6 +83,14 @@ type options struct {
 	image   string
 	network *Network
 	aliases []string
+	args    []string
+}
+
+// WithArgs appends arguments to the server's command line. For Redis a later
+// argument overrides an earlier one, so persistence can be switched on, e.g.
+// WithArgs("--appendonly", "yes", "--appendfsync", "everysec").
+func WithArgs(args ...string) Option {
+	return func(o *options) { o.args = append(o.args, args...) }
 }
 
 // WithImage runs the given image instead of the default one.
@@ -97,6 +105,14 @@ func WithNetwork(n *Network, aliases ...string) Option {
 		o.network = n
 		o.aliases = aliases
 	}
+}
+
+func collect(opts []Option) options {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
 }
 
 // Network is a user-defined Docker network, removed when the test ends.
@@ -141,6 +157,7 @@ type Postgres struct {
 // and registers its removal with t.Cleanup.
 func StartPostgres(ctx context.Context, t testing.TB, opts ...Option) (*Postgres, error) {
 	t.Helper()
+	o := collect(opts)
 	s, err := start(ctx, t, "postgres", postgresPort, opts, func(ctx context.Context, image string, extra []testcontainers.ContainerCustomizer) (testcontainers.Container, error) {
 		customizers := append([]testcontainers.ContainerCustomizer{
 			postgres.WithUsername(PostgresUser),
@@ -158,6 +175,9 @@ func StartPostgres(ctx context.Context, t testing.TB, opts ...Option) (*Postgres
 			// Fast shutdown, like the official image's STOPSIGNAL.
 			testcontainers.WithConfigModifier(func(c *container.Config) { c.StopSignal = "SIGINT" }),
 		}, extra...)
+		if len(o.args) > 0 {
+			customizers = append(customizers, testcontainers.WithCmdArgs(o.args...))
+		}
 		c, err := postgres.Run(ctx, image, customizers...)
 		if c == nil {
 			return nil, err // a typed nil must not become a non-nil interface
@@ -196,6 +216,7 @@ type Redis struct {
 // waits until it answers PING and registers its removal with t.Cleanup.
 func StartRedis(ctx context.Context, t testing.TB, opts ...Option) (*Redis, error) {
 	t.Helper()
+	o := collect(opts)
 	s, err := start(ctx, t, "redis", redisPort, opts, func(ctx context.Context, image string, extra []testcontainers.ContainerCustomizer) (testcontainers.Container, error) {
 		customizers := append([]testcontainers.ContainerCustomizer{
 			// Same behaviour on the official image and on ours: reachable
@@ -206,6 +227,9 @@ func StartRedis(ctx context.Context, t testing.TB, opts ...Option) (*Redis, erro
 			// of the same container has already printed).
 			testcontainers.WithWaitStrategy(redisPing{timeout: startupTimeout}),
 		}, extra...)
+		if len(o.args) > 0 {
+			customizers = append(customizers, testcontainers.WithCmdArgs(o.args...))
+		}
 		c, err := redis.Run(ctx, image, customizers...)
 		if c == nil {
 			return nil, err
@@ -326,6 +350,15 @@ func (s *server) Start(ctx context.Context) error {
 	return nil
 }
 
+// Kill sends SIGKILL to the server: no shutdown, nothing flushed. Start
+// brings it back with what it had persisted.
+func (s *server) Kill(ctx context.Context) error {
+	if _, err := s.docker.ContainerKill(ctx, s.ctr.GetContainerID(), client.ContainerKillOptions{Signal: "SIGKILL"}); err != nil {
+		return fmt.Errorf("kill %s: %w", s.name, err)
+	}
+	return nil
+}
+
 // Pause freezes every process of the container: connections stay open but
 // nothing answers until Unpause.
 func (s *server) Pause(ctx context.Context) error {
@@ -368,10 +401,7 @@ type runFunc func(ctx context.Context, image string, extra []testcontainers.Cont
 // choice, fixed host port, network, cleanup.
 func start(ctx context.Context, t testing.TB, name, port string, opts []Option, run runFunc) (*server, error) {
 	t.Helper()
-	var o options
-	for _, opt := range opts {
-		opt(&o)
-	}
+	o := collect(opts)
 	docker, err := dockerClient(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
