@@ -40,3 +40,18 @@ type Handler interface {
 	// after an interruption, during which messages may have been missed.
 	HandleResubscribed(ctx context.Context, room Room)
 }
+
+// Position is where a room's stream stands as the listener records it in
+// Postgres, the record that the bus (a cache) is checked against before a
+// room's next event is given an id.
+type Position struct {
+	// Last is the last id the bus accepted for the room (zero: none yet).
+	Last ID
+	// Run identifies the bus server process that accepted it (for Redis,
+	// its run_id); "" when unknown.
+	Run string
+	// Unsure is set when a publish past Last may have happened without
+	// being recorded (a leader died between publishing and recording): the
+	// bus must then prove it did not go back in time since.
+	Unsure bool
+}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/rowcast/rowcast/realtime"
 )
 
 // Row is one captured change.
@@ -29,60 +31,144 @@ type Store struct {
 // NewStore returns a Store on pool.
 func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
-const selectOldest = `
-	SELECT id, room, table_name, op, row_data::text, captured_at
-	FROM rowcast.outbox ORDER BY id LIMIT $1`
+// Batch is a run of rows in id order with the recorded positions of their
+// rooms.
+type Batch struct {
+	Rows []Row
+	// Positions holds, per room of Rows with a valid name, the room's
+	// recorded position; Unsure is set when another relay session claimed
+	// the room and never recorded what it published.
+	Positions map[realtime.Room]realtime.Position
+}
+
+// Published is what the relay records once Redis accepted a batch: the ids
+// of the rows to delete and each room's new position.
+type Published struct {
+	IDs       []int64
+	Positions map[realtime.Room]realtime.Position
+}
+
+// claim reads the oldest rows with their rooms' positions and marks those
+// rooms as in flight for session $2, in one statement (Postgres runs a
+// data-modifying WITH part whether or not it is read). The positions come
+// from the statement's snapshot, before the mark. Rooms with names no
+// client could use are not marked (their rows are rejected by the relay).
+const claim = `
+	WITH batch AS (
+		SELECT id, room, table_name, op, row_data, captured_at
+		FROM rowcast.outbox ORDER BY id LIMIT $1
+	), prior AS (
+		SELECT room, epoch, last_offset, redis_run, inflight
+		FROM rowcast.room_position WHERE room IN (SELECT room FROM batch)
+	), mark AS (
+		INSERT INTO rowcast.room_position AS p (room, inflight)
+		SELECT DISTINCT room, $2 FROM batch WHERE room ~ '^[A-Za-z0-9_.:-]{1,128}$'
+		ON CONFLICT (room) DO UPDATE SET inflight = EXCLUDED.inflight
+	)
+	SELECT b.id, b.room, b.table_name, b.op, b.row_data::text, b.captured_at,
+		coalesce(p.epoch, ''), coalesce(p.last_offset, 0), coalesce(p.redis_run, ''),
+		coalesce(p.inflight, '')
+	FROM batch b LEFT JOIN prior p USING (room)
+	ORDER BY b.id`
 
 const deleteIDs = `DELETE FROM rowcast.outbox WHERE id = ANY($1)`
 
-// Oldest returns up to limit rows in id order. Rows stay in the outbox until
-// Delete: a crash after Oldest loses nothing.
-func (s *Store) Oldest(ctx context.Context, limit int) ([]Row, error) {
-	rows, err := s.pool.Query(ctx, selectOldest, limit)
+// record stores rooms' new positions and clears their in-flight mark.
+const record = `
+	INSERT INTO rowcast.room_position AS p (room, epoch, last_offset, redis_run, inflight, updated_at)
+	SELECT room, epoch, last_offset, redis_run, NULL, now()
+	FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) AS u(room, epoch, last_offset, redis_run)
+	ON CONFLICT (room) DO UPDATE SET epoch = EXCLUDED.epoch, last_offset = EXCLUDED.last_offset,
+		redis_run = EXCLUDED.redis_run, inflight = NULL, updated_at = EXCLUDED.updated_at`
+
+// Claim returns up to limit rows in id order with their rooms' positions,
+// and marks those rooms as in flight for session. Rows stay in the outbox
+// until Record: a crash after Claim loses nothing, and the mark tells the
+// next leader that Redis may hold a publish Postgres never recorded.
+func (s *Store) Claim(ctx context.Context, limit int, session string) (Batch, error) {
+	rows, err := s.pool.Query(ctx, claim, limit, session)
 	if err != nil {
-		return nil, fmt.Errorf("read outbox: %w", err)
+		return Batch{}, fmt.Errorf("claim outbox rows: %w", err)
 	}
-	return collect(rows)
+	return collect(rows, session)
 }
 
-// DeleteThenOldest removes published rows and reads the next batch, in one
-// round trip (a pipelined batch, run as one implicit transaction).
-func (s *Store) DeleteThenOldest(ctx context.Context, ids []int64, limit int) ([]Row, error) {
+// Record deletes published rows and stores their rooms' positions in one
+// transaction.
+func (s *Store) Record(ctx context.Context, p Published) error {
 	b := &pgx.Batch{}
-	b.Queue(deleteIDs, ids)
-	b.Queue(selectOldest, limit)
+	queueRecord(b, p)
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("record %d published rows: %w", len(p.IDs), err)
+	}
+	return nil
+}
+
+// RecordThenClaim is Record followed by Claim in one round trip (a
+// pipelined batch, run as one implicit transaction).
+func (s *Store) RecordThenClaim(ctx context.Context, p Published, limit int, session string) (Batch, error) {
+	b := &pgx.Batch{}
+	queueRecord(b, p)
+	b.Queue(claim, limit, session)
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return nil, fmt.Errorf("delete %d outbox rows: %w", len(ids), err)
+	for range b.Len() - 1 {
+		if _, err := br.Exec(); err != nil {
+			return Batch{}, fmt.Errorf("record %d published rows: %w", len(p.IDs), err)
+		}
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, fmt.Errorf("read outbox: %w", err)
+		return Batch{}, fmt.Errorf("claim outbox rows: %w", err)
 	}
-	return collect(rows)
+	return collect(rows, session)
 }
 
-func collect(rows pgx.Rows) ([]Row, error) {
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Row, error) {
+func queueRecord(b *pgx.Batch, p Published) {
+	if len(p.IDs) > 0 {
+		b.Queue(deleteIDs, p.IDs)
+	}
+	if len(p.Positions) == 0 {
+		return
+	}
+	n := len(p.Positions)
+	rooms, epochs, offsets, runs := make([]string, 0, n), make([]string, 0, n), make([]int64, 0, n), make([]string, 0, n)
+	for r, pos := range p.Positions {
+		rooms = append(rooms, string(r))
+		epochs = append(epochs, pos.Last.Epoch)
+		offsets = append(offsets, int64(pos.Last.Offset))
+		runs = append(runs, pos.Run)
+	}
+	b.Queue(record, rooms, epochs, offsets, runs)
+}
+
+func collect(rows pgx.Rows, session string) (Batch, error) {
+	batch := Batch{Positions: map[realtime.Room]realtime.Position{}}
+	var (
+		data, epoch, run, inflight string
+		offset                     int64
+	)
+	for rows.Next() {
 		var row Row
-		var data string
-		err := r.Scan(&row.ID, &row.Room, &row.Table, &row.Op, &data, &row.CapturedAt)
+		if err := rows.Scan(&row.ID, &row.Room, &row.Table, &row.Op, &data, &row.CapturedAt,
+			&epoch, &offset, &run, &inflight); err != nil {
+			rows.Close()
+			return Batch{}, fmt.Errorf("read outbox: %w", err)
+		}
 		row.Data = []byte(data)
-		return row, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read outbox: %w", err)
+		batch.Rows = append(batch.Rows, row)
+		if room, err := realtime.ParseRoom(row.Room); err == nil {
+			batch.Positions[room] = realtime.Position{
+				Last:   realtime.ID{Epoch: epoch, Offset: uint64(offset)},
+				Run:    run,
+				Unsure: inflight != "" && inflight != session,
+			}
+		}
 	}
-	return out, nil
-}
-
-// Delete removes published rows.
-func (s *Store) Delete(ctx context.Context, ids []int64) error {
-	if _, err := s.pool.Exec(ctx, deleteIDs, ids); err != nil {
-		return fmt.Errorf("delete %d outbox rows: %w", len(ids), err)
+	if err := rows.Err(); err != nil {
+		return Batch{}, fmt.Errorf("read outbox: %w", err)
 	}
-	return nil
+	return batch, nil
 }
 
 // Reject moves rows that can never be published to rowcast.rejected with the

@@ -12,6 +12,7 @@ import (
 	"github.com/rowcast/rowcast/internal/testenv"
 	"github.com/rowcast/rowcast/listener/outbox"
 	"github.com/rowcast/rowcast/migrations"
+	"github.com/rowcast/rowcast/realtime"
 )
 
 // The capture trigger, against a real Postgres: what reaches the outbox, what
@@ -89,10 +90,11 @@ func TestCaptureTrigger(t *testing.T) {
 	}
 	defer pool.Close()
 	store := outbox.NewStore(pool)
-	rows, err := store.Oldest(ctx, 1000)
+	claimed, err := store.Claim(ctx, 1000, "s1")
 	if err != nil {
 		t.Fatal(err)
 	}
+	rows := claimed.Rows
 	if len(rows) != 52 {
 		t.Fatalf("%d outbox rows, want 52", len(rows))
 	}
@@ -114,9 +116,9 @@ func TestCaptureTrigger(t *testing.T) {
 	if err != nil || n != 52 || oldest.IsZero() {
 		t.Fatalf("depth %d, oldest %v, %v", n, oldest, err)
 	}
-	next, err := store.DeleteThenOldest(ctx, []int64{rows[0].ID, rows[1].ID}, 10)
-	if err != nil || len(next) != 10 || next[0].ID != rows[2].ID {
-		t.Fatalf("DeleteThenOldest: %d rows, %v", len(next), err)
+	next, err := store.RecordThenClaim(ctx, outbox.Published{IDs: []int64{rows[0].ID, rows[1].ID}}, 10, "s1")
+	if err != nil || len(next.Rows) != 10 || next.Rows[0].ID != rows[2].ID {
+		t.Fatalf("RecordThenClaim: %d rows, %v", len(next.Rows), err)
 	}
 	if err := store.Reject(ctx, []int64{rows[2].ID}, "test"); err != nil {
 		t.Fatal(err)
@@ -134,8 +136,69 @@ func TestCaptureTrigger(t *testing.T) {
 	}
 	// A row far over NOTIFY's 8000-byte payload limit is captured like any other.
 	exec(`INSERT INTO public.account VALUES (200, 'big', $1, 'h', 'e')`, strings.Repeat("x", 100_000))
-	big, err := store.Oldest(ctx, 1000)
-	if err != nil || !strings.Contains(string(big[len(big)-1].Data), strings.Repeat("x", 100_000)) {
+	big, err := store.Claim(ctx, 1000, "s1")
+	if err != nil || !strings.Contains(string(big.Rows[len(big.Rows)-1].Data), strings.Repeat("x", 100_000)) {
 		t.Fatalf("big row not captured whole: %v", err)
+	}
+}
+
+// Positions: a claim marks the rooms it read as in flight for its session;
+// recording clears the mark; a claim by another session sees the mark as
+// "unsure" (a publish may have happened that was never recorded).
+func TestClaimAndRecordPositions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs Docker (run without -short)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pg, err := testenv.StartPostgres(ctx, t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url, _ := pg.URL(ctx)
+	if _, err := migrations.Up(ctx, url); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := connect.PostgresPool(ctx, "DATABASE_URL", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('r1', 'a', '1'), ('r2', 'a', '2'), ('bad room', 'a', '3')`); err != nil {
+		t.Fatal(err)
+	}
+	store := outbox.NewStore(pool)
+	b, err := store.Claim(ctx, 10, "s1")
+	if err != nil || len(b.Rows) != 3 || len(b.Positions) != 2 {
+		t.Fatalf("claim: %d rows, positions %v, %v", len(b.Rows), b.Positions, err)
+	}
+	if p := b.Positions["r1"]; p != (realtime.Position{}) {
+		t.Fatalf("new room's position %+v, want zero", p)
+	}
+	// The same session claims again (a retry): not unsure.
+	if b, err = store.Claim(ctx, 10, "s1"); err != nil || b.Positions["r1"].Unsure {
+		t.Fatalf("own claim: %+v, %v", b.Positions, err)
+	}
+	// r1 is recorded; r2 stays in flight when session s1 dies.
+	done := outbox.Published{IDs: []int64{b.Rows[0].ID}, Positions: map[realtime.Room]realtime.Position{
+		"r1": {Last: realtime.ID{Epoch: "e1", Offset: 1}, Run: "run1"},
+	}}
+	b, err = store.RecordThenClaim(ctx, done, 10, "s2")
+	if err != nil || len(b.Rows) != 2 {
+		t.Fatalf("record then claim: %d rows, %v", len(b.Rows), err)
+	}
+	if p := b.Positions["r2"]; !p.Unsure {
+		t.Fatalf("r2 claimed by a dead session: %+v, want unsure", p)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('r1', 'a', '4')`); err != nil {
+		t.Fatal(err)
+	}
+	b, err = store.Claim(ctx, 10, "s3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := realtime.Position{Last: realtime.ID{Epoch: "e1", Offset: 1}, Run: "run1"}
+	if p := b.Positions["r1"]; p != want {
+		t.Fatalf("recorded r1: %+v, want %+v", p, want)
 	}
 }

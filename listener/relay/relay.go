@@ -7,6 +7,8 @@ package relay
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,8 +50,9 @@ type Relay struct {
 	log     *slog.Logger
 
 	// OnBatch, if set before Run, is called with the size of each published
-	// batch (for metrics).
-	OnBatch func(size int)
+	// batch and how many of its rooms had to start a new epoch because Redis
+	// was not where Postgres recorded them (for metrics).
+	OnBatch func(size, newEpochs int)
 
 	leader    atomic.Bool
 	readyOnce sync.Once
@@ -99,7 +102,13 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 		return err
 	}
 	r.leader.Store(true)
-	r.log.Info("leading: relaying outbox to redis")
+	// The session's name marks the rooms whose rows it claims: a later
+	// leader that finds the mark knows a publish may not have been recorded.
+	session, err := newSession()
+	if err != nil {
+		return err
+	}
+	r.log.Info("leading: relaying outbox to redis", "session", session)
 	// Releasing matters when the process stays up (a standby takes over at
 	// once); closing the connection releases it too.
 	defer func() {
@@ -115,7 +124,7 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	// LISTEN first, then drain: a row committed in between wakes us again.
-	if err := r.drain(ctx); err != nil {
+	if err := r.drain(ctx, session); err != nil {
 		return err
 	}
 	r.readyOnce.Do(func() { close(r.ready) })
@@ -140,7 +149,7 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 				return fmt.Errorf("ping listen connection: %w", perr)
 			}
 		}
-		if err := r.drain(ctx); err != nil {
+		if err := r.drain(ctx, session); err != nil {
 			return err
 		}
 	}
@@ -176,37 +185,37 @@ func (r *Relay) acquire(ctx context.Context, conn *pgx.Conn) error {
 
 // drain moves batches until the outbox is empty. A Redis failure is retried
 // in publish (the Postgres session and the leadership stay); a Postgres
-// failure ends the session. Under load the delete of one batch and the read
+// failure ends the session. Under load the record of one batch and the claim
 // of the next share a round trip.
-func (r *Relay) drain(ctx context.Context) error {
+func (r *Relay) drain(ctx context.Context, session string) error {
 	qctx, cancel := context.WithTimeout(ctx, opTimeout)
-	rows, err := r.store.Oldest(qctx, r.cfg.BatchSize)
+	batch, err := r.store.Claim(qctx, r.cfg.BatchSize, session)
 	cancel()
-	for err == nil && len(rows) > 0 {
-		var ids []int64
-		if ids, err = r.publish(ctx, rows); err != nil {
+	for err == nil && len(batch.Rows) > 0 {
+		var done outbox.Published
+		if done, err = r.publish(ctx, batch); err != nil {
 			return err
 		}
 		qctx, cancel := context.WithTimeout(ctx, opTimeout)
-		if len(rows) < r.cfg.BatchSize {
-			err = r.store.Delete(qctx, ids)
-			rows = nil
+		if len(batch.Rows) < r.cfg.BatchSize {
+			err = r.store.Record(qctx, done)
+			batch = outbox.Batch{}
 		} else {
-			rows, err = r.store.DeleteThenOldest(qctx, ids, r.cfg.BatchSize)
+			batch, err = r.store.RecordThenClaim(qctx, done, r.cfg.BatchSize, session)
 		}
 		cancel()
 	}
 	return err
 }
 
-// publish sends one batch to Redis and returns the ids of the rows it
-// published, for the caller to delete. Rows that can never be published are
-// moved to rowcast.rejected here.
-func (r *Relay) publish(ctx context.Context, rows []outbox.Row) ([]int64, error) {
-	events := make([]redisbus.Event, 0, len(rows))
-	ids := make([]int64, 0, len(rows))
+// publish sends one batch to Redis and returns what to record: the ids of
+// the rows it published and their rooms' new positions. Rows that can never
+// be published are moved to rowcast.rejected here.
+func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Published, error) {
+	events := make([]redisbus.Event, 0, len(batch.Rows))
+	ids := make([]int64, 0, len(batch.Rows))
 	var rejected []int64
-	for _, row := range rows {
+	for _, row := range batch.Rows {
 		ev, err := encode(row, r.cfg.MaxEventBytes)
 		if err != nil {
 			r.log.Warn("rejecting outbox row", "id", row.ID, "err", err)
@@ -221,22 +230,38 @@ func (r *Relay) publish(ctx context.Context, rows []outbox.Row) ([]int64, error)
 		err := r.store.Reject(rctx, rejected, "invalid room name")
 		cancel()
 		if err != nil {
-			return nil, err
+			return outbox.Published{}, err
 		}
 	}
 	if len(events) == 0 {
-		return nil, nil
+		return outbox.Published{}, nil
 	}
+	var res redisbus.Result
 	err := retry.Do(ctx, r.retryPolicy("publish to redis"), func(ctx context.Context) error {
-		n, err := r.pub.Publish(ctx, events)
-		if err != nil {
-			return err
-		}
-		r.published.Add(int64(n))
-		if r.OnBatch != nil {
-			r.OnBatch(len(events))
-		}
-		return nil
+		var err error
+		res, err = r.pub.Publish(ctx, events, batch.Positions)
+		return err
 	})
-	return ids, err
+	if err != nil {
+		return outbox.Published{}, err
+	}
+	r.published.Add(int64(res.New))
+	for room, why := range res.Restarted {
+		was := batch.Positions[room]
+		r.log.Warn("redis was not where postgres recorded the room: new epoch, its clients will reset",
+			"room", room, "why", why, "recorded", was.Last.String(), "epoch", res.Positions[room].Last.Epoch)
+	}
+	if r.OnBatch != nil {
+		r.OnBatch(len(events), len(res.Restarted))
+	}
+	return outbox.Published{IDs: ids, Positions: res.Positions}, nil
+}
+
+// newSession returns a random relay session name.
+func newSession() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("new session name: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
 }

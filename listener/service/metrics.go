@@ -18,8 +18,15 @@ func newRegistry(rel *relay.Relay, store *outbox.Store) *prometheus.Registry {
 		Name: "rowcast_listener_batch_size", Help: "Events per batch published to Redis.",
 		Buckets: prometheus.ExponentialBuckets(1, 4, 7),
 	})
-	rel.OnBatch = func(n int) { batch.Observe(float64(n)) }
-	reg.MustRegister(batch,
+	newEpochs := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rowcast_listener_redis_regressions_total",
+		Help: "Rooms that started a new epoch because Redis was not where Postgres recorded them (lost or went back); their clients were told to reset. Alarm on any increase.",
+	})
+	rel.OnBatch = func(n, restarted int) {
+		batch.Observe(float64(n))
+		newEpochs.Add(float64(restarted))
+	}
+	reg.MustRegister(batch, newEpochs,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "rowcast_listener_published_total", Help: "Events published to Redis (repeats excluded)."},
 			func() float64 { return float64(rel.Published()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_listener_leader", Help: "1 while this listener leads."},

@@ -103,7 +103,7 @@ func (b *Bus) Run(ctx context.Context, h realtime.Handler) error {
 // connection, or a subscription silently lost in a failover), and the session
 // is replaced, which resubscribes and catches up every room.
 func (b *Bus) session(ctx context.Context, h realtime.Handler, up func()) error {
-	ps := b.client.Subscribe(ctx)
+	ps := b.client.SSubscribe(ctx)
 	defer ps.Close()
 	// A blocked receive does not watch ctx: closing the subscription ends
 	// it at once when the process stops.
@@ -127,7 +127,7 @@ func (b *Bus) session(ctx context.Context, h realtime.Handler, up func()) error 
 		b.ps = nil
 		b.mu.Unlock()
 	}()
-	if err := ps.Subscribe(ctx, channels...); err != nil {
+	if err := ps.SSubscribe(ctx, channels...); err != nil {
 		return fmt.Errorf("subscribe %d rooms: %w", len(channels)-1, err)
 	}
 
@@ -140,7 +140,7 @@ func (b *Bus) session(ctx context.Context, h realtime.Handler, up func()) error 
 		nonce++
 		pctx, cancel := context.WithTimeout(ctx, b.opts.ProbeInterval)
 		defer cancel()
-		if err := b.client.Publish(pctx, probeCh, nonce).Err(); err != nil {
+		if err := b.client.SPublish(pctx, probeCh, nonce).Err(); err != nil {
 			return fmt.Errorf("publish probe: %w", err)
 		}
 		probeSent = time.Now()
@@ -170,7 +170,7 @@ func (b *Bus) session(ctx context.Context, h realtime.Handler, up func()) error 
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" && m.Channel != probeCh {
+			if m.Kind == "ssubscribe" && m.Channel != probeCh {
 				b.confirmed(ctx, h, m.Channel)
 			}
 		case *redis.Message:
@@ -237,7 +237,7 @@ func (b *Bus) Subscribe(ctx context.Context, room realtime.Room) (realtime.ID, e
 	if ps != nil {
 		// If this write fails, the session ends and the next one subscribes
 		// every wanted channel, which confirms this one.
-		_ = ps.Subscribe(ctx, k.channel)
+		_ = ps.SSubscribe(ctx, k.channel)
 	}
 	select {
 	case <-done:
@@ -304,7 +304,7 @@ func (b *Bus) Unsubscribe(ctx context.Context, room realtime.Room) error {
 	if ps == nil {
 		return nil
 	}
-	if err := ps.Unsubscribe(ctx, k.channel); err != nil {
+	if err := ps.SUnsubscribe(ctx, k.channel); err != nil {
 		return fmt.Errorf("unsubscribe %q: %w", room, err)
 	}
 	return nil

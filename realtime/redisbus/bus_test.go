@@ -53,14 +53,14 @@ func TestPublishIsIdempotentPerOutboxRow(t *testing.T) {
 	c := startRedis(t)
 	p := NewPublisher(c, HistoryLimits{Len: 100, TTL: time.Hour})
 	batch := append(events("a", 1, 5), events("b", 6, 3)...)
-	n, err := p.Publish(ctx, batch)
-	if err != nil || n != 8 {
-		t.Fatalf("first publish: %d, %v", n, err)
+	res, err := p.Publish(ctx, batch, nil)
+	if err != nil || res.New != 8 {
+		t.Fatalf("first publish: %d, %v", res.New, err)
 	}
-	// A relay that crashed before deleting the rows publishes them again.
-	n, err = p.Publish(ctx, batch)
-	if err != nil || n != 0 {
-		t.Fatalf("repeat publish: %d new, %v; want 0", n, err)
+	// A relay that crashed before recording the batch publishes it again.
+	res, err = p.Publish(ctx, batch, nil)
+	if err != nil || res.New != 0 || len(res.Restarted) != 0 {
+		t.Fatalf("repeat publish: %d new, %v, new epochs %v; want 0", res.New, err, res.Restarted)
 	}
 	b := New(c, Options{})
 	head, err := head(ctx, c, keysFor("a"))
@@ -86,8 +86,9 @@ func TestHistoryReportsLoss(t *testing.T) {
 	ctx := context.Background()
 	c := startRedis(t)
 	p := NewPublisher(c, HistoryLimits{Len: 10, TTL: time.Hour})
+	rec := ledger{}
 	for i := 0; i < 500; i += 50 {
-		if _, err := p.Publish(ctx, events("a", i+1, 50)); err != nil {
+		if _, err := rec.publish(ctx, p, events("a", i+1, 50)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -134,7 +135,8 @@ func TestSubscribeDeliversEverythingPublishedAfterIt(t *testing.T) {
 	defer cancel()
 	c := startRedis(t)
 	p := NewPublisher(c, HistoryLimits{Len: 100, TTL: time.Hour})
-	if _, err := p.Publish(ctx, events("a", 1, 3)); err != nil {
+	rec := ledger{}
+	if _, err := rec.publish(ctx, p, events("a", 1, 3)); err != nil {
 		t.Fatal(err)
 	}
 	b := New(c, Options{ProbeInterval: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -145,7 +147,7 @@ func TestSubscribeDeliversEverythingPublishedAfterIt(t *testing.T) {
 		t.Fatalf("subscribe: head %v, %v", head, err)
 	}
 	// Published right after Subscribe returned: must arrive.
-	if _, err := p.Publish(ctx, events("a", 4, 2)); err != nil {
+	if _, err := rec.publish(ctx, p, events("a", 4, 2)); err != nil {
 		t.Fatal(err)
 	}
 	for range 2 {

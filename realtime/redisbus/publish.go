@@ -32,31 +32,76 @@ type HistoryLimits struct {
 // repeated publish a no-op.
 const dedupeKeep = 10000
 
-// publishScript appends one room's events. It runs atomically, so offsets
-// have no holes and the history, the live channel and the dedupe set agree.
+// publishScript appends one room's events after checking that Redis is where
+// Postgres recorded the room (see Publisher.Publish). It runs atomically, so
+// offsets have no holes and the history, the live channel and the dedupe set
+// (member: outbox id, score: the offset it got) agree.
 //
-// KEYS: epoch, seq, history, published. ARGV: candidate epoch, history
-// length, ttl ms, dedupe keep, channel, then pairs of (outbox id, tail).
+// KEYS: epoch, seq, history, published. ARGV: 1 candidate epoch, 2 history
+// length, 3 ttl ms, 4 dedupe keep, 5 channel, 6 recorded epoch, 7 recorded
+// offset, 8 recorded run, 9 unsure ("1" or "0"), then pairs of (outbox id,
+// tail). Returns {epoch, offset, run, new events, why a new epoch began or ""}.
 var publishScript = redis.NewScript(`
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
 local epoch = redis.call('GET', KEYS[1])
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local recEpoch, recOff, recRun, unsure = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9] == '1'
+
+local function check()
+  if not epoch then
+    if recEpoch == '' then return '' end
+    return 'epoch missing'
+  end
+  if recEpoch ~= '' and epoch ~= recEpoch then return 'epoch changed' end
+  if seq < recOff then return 'offset went back' end
+  -- Nothing may sit past the counter (an evicted counter).
+  local top = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+  if top[2] and tonumber(top[2]) > seq then return 'counter behind dedupe set' end
+  local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+  if last[1] and tonumber(string.match(last[1][1], '^(%d+)')) > seq then return 'counter behind history' end
+  -- A publish Postgres never recorded may have happened, and Redis has
+  -- restarted since: it may have lost it, which nothing can tell.
+  if unsure and run ~= recRun then return 'unrecorded publish, then a restart' end
+  if seq > recOff then
+    -- Redis is ahead: only a publish that was not recorded, of rows still in
+    -- the outbox (so in this batch), explains it.
+    local batch = {}
+    for i = 10, #ARGV, 2 do batch[ARGV[i]] = true end
+    local ahead = redis.call('ZRANGE', KEYS[4], '(' .. recOff, seq, 'BYSCORE')
+    if #ahead ~= seq - recOff then return 'ahead, not explained' end
+    for _, id in ipairs(ahead) do
+      if not batch[id] then return 'ahead, not explained' end
+    end
+  end
+  return ''
+end
+
+local why = check()
+if why ~= '' or not epoch then
+  epoch = ARGV[1]
+  seq = 0
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+  redis.call('SET', KEYS[1], epoch)
+end
 local n = 0
-for i = 6, #ARGV, 2 do
-  if redis.call('ZADD', KEYS[4], 'NX', ARGV[i], ARGV[i]) == 1 then
-    local off = redis.call('INCR', KEYS[2])
-    local msg = '{"id":"' .. epoch .. '-' .. off .. '"' .. ARGV[i+1]
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], off .. '-0', 'e', msg)
-    redis.call('PUBLISH', ARGV[5], msg)
+for i = 10, #ARGV, 2 do
+  if not redis.call('ZSCORE', KEYS[4], ARGV[i]) then
+    seq = seq + 1
+    local msg = '{"id":"' .. epoch .. '-' .. seq .. '"' .. ARGV[i+1]
+    redis.call('ZADD', KEYS[4], seq, ARGV[i])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', msg)
+    redis.call('SPUBLISH', ARGV[5], msg)
     n = n + 1
   end
 end
 if n > 0 then
+  redis.call('SET', KEYS[2], seq)
   redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[4]) + 1))
 end
 for k = 1, 4 do
   redis.call('PEXPIRE', KEYS[k], ARGV[3])
 end
-return n
+return {epoch, seq, run, n, why}
 `)
 
 // Publisher appends events to rooms' histories and live channels. It is safe
@@ -71,28 +116,47 @@ func NewPublisher(client redis.UniversalClient, limits HistoryLimits) *Publisher
 	return &Publisher{client: client, limits: limits}
 }
 
+// Result is what one Publish did.
+type Result struct {
+	// Positions holds every room of the batch at its new position, to be
+	// recorded in Postgres with the removal of the published rows.
+	Positions map[realtime.Room]realtime.Position
+	// New counts the events appended (repeats of an outbox id are not).
+	New int
+	// Restarted names, per room that got a new epoch although Postgres had
+	// recorded one, why Redis was not where Postgres said: its clients are
+	// told to reset.
+	Restarted map[realtime.Room]string
+}
+
 // Publish appends events in order, one script call per room, all in one
-// round trip. Publishing an outbox id again is a no-op, so a batch may be
-// retried after any failure. It returns how many events were new.
-func (p *Publisher) Publish(ctx context.Context, events []Event) (int, error) {
+// round trip. Postgres is the record and Redis a cache of it: each room's
+// script first checks Redis against the position recorded in Postgres
+// (recorded; a room missing from it has none yet), and when Redis forgot
+// the room or went back in time (a snapshot restore, a failover to a lagging
+// replica, an evicted key) the room starts a new epoch, so an id is never
+// given twice within an epoch and clients are told to reset instead of
+// missing rows silently. Publishing an outbox id again is a no-op, so a
+// batch may be retried after any failure.
+func (p *Publisher) Publish(ctx context.Context, events []Event, recorded map[realtime.Room]realtime.Position) (Result, error) {
 	if len(events) == 0 {
-		return 0, nil
+		return Result{}, nil
 	}
-	n, err := p.publishOnce(ctx, events)
+	res, err := p.publishOnce(ctx, events, recorded)
 	if err != nil && isNoScript(err) {
 		// Redis restarted and lost its script cache: load and retry.
 		if lerr := publishScript.Load(ctx, p.client).Err(); lerr != nil {
-			return 0, fmt.Errorf("load publish script: %w", lerr)
+			return Result{}, fmt.Errorf("load publish script: %w", lerr)
 		}
-		n, err = p.publishOnce(ctx, events)
+		res, err = p.publishOnce(ctx, events, recorded)
 	}
-	return n, err
+	return res, err
 }
 
-func (p *Publisher) publishOnce(ctx context.Context, events []Event) (int, error) {
+func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded map[realtime.Room]realtime.Position) (Result, error) {
 	epoch, err := newEpoch()
 	if err != nil {
-		return 0, err
+		return Result{}, err
 	}
 	// Group by room, keeping each room's order.
 	var rooms []realtime.Room
@@ -101,10 +165,18 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event) (int, error
 		args, ok := byRoom[e.Room]
 		if !ok {
 			rooms = append(rooms, e.Room)
-			args = []any{epoch, p.limits.Len, p.limits.TTL.Milliseconds(), dedupeKeep, keysFor(e.Room).channel}
+			rec := recorded[e.Room]
+			unsure := "0"
+			if rec.Unsure {
+				unsure = "1"
+			}
+			args = []any{epoch, p.limits.Len, p.limits.TTL.Milliseconds(), dedupeKeep, keysFor(e.Room).channel,
+				rec.Last.Epoch, rec.Last.Offset, rec.Run, unsure}
 		}
 		byRoom[e.Room] = append(args, e.OutboxID, e.Tail)
 	}
+	// On a Cluster the pipeline sends each room's script to the shard that
+	// owns the room's hash slot, all shards at once.
 	pipe := p.client.Pipeline()
 	cmds := make([]*redis.Cmd, len(rooms))
 	for i, r := range rooms {
@@ -112,17 +184,29 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event) (int, error
 		cmds[i] = publishScript.EvalSha(ctx, pipe, []string{k.epoch, k.seq, k.history, k.published}, byRoom[r]...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return 0, fmt.Errorf("publish %d events: %w", len(events), err)
+		return Result{}, fmt.Errorf("publish %d events: %w", len(events), err)
 	}
-	total := 0
-	for _, c := range cmds {
-		n, err := c.Int()
-		if err != nil {
-			return 0, fmt.Errorf("publish result: %w", err)
+	res := Result{Positions: make(map[realtime.Room]realtime.Position, len(rooms))}
+	for i, c := range cmds {
+		out, err := c.Slice()
+		if err != nil || len(out) != 5 {
+			return Result{}, fmt.Errorf("publish result of room %q: %v %w", rooms[i], out, err)
 		}
-		total += n
+		ep, _ := out[0].(string)
+		off, _ := out[1].(int64)
+		run, _ := out[2].(string)
+		n, _ := out[3].(int64)
+		why, _ := out[4].(string)
+		res.Positions[rooms[i]] = realtime.Position{Last: realtime.ID{Epoch: ep, Offset: uint64(off)}, Run: run}
+		res.New += int(n)
+		if why != "" {
+			if res.Restarted == nil {
+				res.Restarted = map[realtime.Room]string{}
+			}
+			res.Restarted[rooms[i]] = why
+		}
 	}
-	return total, nil
+	return res, nil
 }
 
 func isNoScript(err error) bool {

@@ -60,17 +60,18 @@ func BenchmarkPublish(b *testing.B) {
 			b.SetBytes(int64(size))
 			b.ReportAllocs()
 			var next int64
+			rec := ledger{}
 			for b.Loop() {
 				for i := range batch {
 					next++
 					batch[i].OutboxID = next
 				}
-				n, err := p.Publish(ctx, batch)
+				res, err := rec.publish(ctx, p, batch)
 				if err != nil {
 					b.Fatal(err)
 				}
-				if n != len(batch) {
-					b.Fatalf("published %d new events, want %d", n, len(batch))
+				if res.New != len(batch) || len(res.Restarted) > 0 {
+					b.Fatalf("published %d new events (new epochs %v), want %d", res.New, res.Restarted, len(batch))
 				}
 			}
 			b.ReportMetric(float64(next)/b.Elapsed().Seconds(), "events/s")
