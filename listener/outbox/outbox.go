@@ -183,6 +183,19 @@ func (s *Store) Reject(ctx context.Context, ids []int64, reason string) error {
 	return nil
 }
 
+// ForgetIdle removes the recorded positions of rooms not published for
+// longer than idle (and not in flight), and returns how many. Forgetting is
+// safe: Redis has expired such a room, and a room without a position whose
+// Redis state survived anyway starts a new epoch rather than trust it.
+func (s *Store) ForgetIdle(ctx context.Context, idle time.Duration) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM rowcast.room_position
+		WHERE inflight IS NULL AND updated_at < now() - $1::interval`, idle)
+	if err != nil {
+		return 0, fmt.Errorf("forget idle room positions: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
 // Depth returns how many rows wait in the outbox and the capture time of the
 // oldest (zero when empty).
 func (s *Store) Depth(ctx context.Context) (int64, time.Time, error) {

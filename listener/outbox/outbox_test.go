@@ -201,4 +201,11 @@ func TestClaimAndRecordPositions(t *testing.T) {
 	if p := b.Positions["r1"]; p != want {
 		t.Fatalf("recorded r1: %+v, want %+v", p, want)
 	}
+	// Positions of idle rooms are forgotten, those in flight kept.
+	if err := store.Record(ctx, outbox.Published{Positions: map[realtime.Room]realtime.Position{"r1": want}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := store.ForgetIdle(ctx, time.Microsecond); err != nil || n != 1 {
+		t.Fatalf("forget idle: %d, %v; want 1 (r1; r2 is in flight)", n, err)
+	}
 }

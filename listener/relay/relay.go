@@ -39,6 +39,11 @@ type Config struct {
 	PollInterval  time.Duration // safety poll, and how often a standby retries the lock
 	MaxEventBytes int           // larger rows travel truncated
 	MaxBackoff    time.Duration // cap on the wait between reconnects
+	// ForgetAfter is how long a room's recorded position is kept after its
+	// last publish (0: forever). Redis forgets an idle room after its
+	// history TTL, so a position older than that describes nothing Redis
+	// still holds.
+	ForgetAfter time.Duration
 }
 
 // Relay moves outbox rows to Redis. Run it once per process.
@@ -53,6 +58,8 @@ type Relay struct {
 	// batch and how many of its rooms had to start a new epoch because Redis
 	// was not where Postgres recorded them (for metrics).
 	OnBatch func(size, newEpochs int)
+
+	lastForget time.Time // used by the session goroutine only
 
 	leader    atomic.Bool
 	readyOnce sync.Once
@@ -148,10 +155,30 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 			if perr != nil {
 				return fmt.Errorf("ping listen connection: %w", perr)
 			}
+			r.forgetIdle(ctx)
 		}
 		if err := r.drain(ctx, session); err != nil {
 			return err
 		}
+	}
+}
+
+// forgetIdle removes positions of rooms idle longer than ForgetAfter, at
+// most once an hour. A failure only delays it.
+func (r *Relay) forgetIdle(ctx context.Context) {
+	if r.cfg.ForgetAfter <= 0 || time.Since(r.lastForget) < time.Hour {
+		return
+	}
+	r.lastForget = time.Now()
+	fctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	n, err := r.store.ForgetIdle(fctx, r.cfg.ForgetAfter)
+	if err != nil {
+		r.log.Warn("forget idle room positions", "err", err)
+		return
+	}
+	if n > 0 {
+		r.log.Info("forgot positions of idle rooms", "rooms", n)
 	}
 }
 

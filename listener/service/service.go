@@ -92,6 +92,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Main, error) {
 	}
 	connectListen := func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, listenCfg) }
 	store := outbox.NewStore(pool)
+	if cfg.Relay.ForgetAfter == 0 {
+		cfg.Relay.ForgetAfter = 2 * cfg.History.TTL
+	}
 	rel := relay.New(cfg.Relay, connectListen, store, redisbus.NewPublisher(rdb, cfg.History), log)
 	return &Main{cfg: cfg, log: log, pool: pool, rdb: rdb, relay: rel, health: ln, reg: newRegistry(rel, store)}, nil
 }

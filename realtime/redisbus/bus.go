@@ -326,7 +326,13 @@ func (b *Bus) History(ctx context.Context, room realtime.Room, after realtime.ID
 	}
 	seq, _ := seqCmd.Uint64()
 	if seq < after.Offset {
-		return nil, fmt.Errorf("history %q after %s: room is at %d: %w", room, after, seq, realtime.ErrHistoryLost)
+		// Redis went back in time within the epoch (a failover or a
+		// restore). The ids seen stay valid: the listener never gives an
+		// id of an epoch twice, so the room's next event either continues
+		// after `after` (what was lost was only an unrecorded publish that
+		// it repeats as is) or starts a new epoch, and a client is told to
+		// reset then. Nothing newer is held now.
+		return nil, nil
 	}
 	entries, _ := rangeCmd.Result()
 	msgs := make([]realtime.Message, 0, len(entries))
