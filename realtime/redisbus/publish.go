@@ -85,10 +85,9 @@ if why ~= '' or not epoch then
 end
 local n = 0
 for i = 10, #ARGV, 2 do
-  if not redis.call('ZSCORE', KEYS[4], ARGV[i]) then
+  if redis.call('ZADD', KEYS[4], 'NX', seq + 1, ARGV[i]) == 1 then
     seq = seq + 1
     local msg = '{"id":"' .. epoch .. '-' .. seq .. '"' .. ARGV[i+1]
-    redis.call('ZADD', KEYS[4], seq, ARGV[i])
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', msg)
     redis.call('SPUBLISH', ARGV[5], msg)
     n = n + 1
