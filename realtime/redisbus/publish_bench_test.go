@@ -48,11 +48,11 @@ func BenchmarkPublish(b *testing.B) {
 	ctx := context.Background()
 	runs := 0
 	for _, shape := range []struct{ size, rooms int }{{1, 1}, {500, 1}, {500, 10}} {
-		size, rooms := shape.size, shape.rooms
-		b.Run(fmt.Sprintf("batch=%d/rooms=%d", size, rooms), func(b *testing.B) {
+		n, rooms := shape.size, shape.rooms
+		b.Run(fmt.Sprintf("batch=%d/rooms=%d", n, rooms), func(b *testing.B) {
 			runs++ // fresh rooms per run: -count=N reuses this Redis
 			p := NewPublisher(c, HistoryLimits{Len: 1000, TTL: time.Hour})
-			batch := make([]Event, size)
+			batch := make([]Event, n)
 			size := 0
 			for i := range batch {
 				room := realtime.Room(fmt.Sprintf("bench-%d-%d-%d", runs, rooms, i%rooms))
