@@ -38,16 +38,23 @@ func (tp Topology) String() string {
 type StackOption func(*stackOptions)
 
 type stackOptions struct {
-	postgres []Option
-	redis    []Option
-	network  *Network
-	topology Topology
+	noPostgres bool
+	postgres   []Option
+	redis      []Option
+	network    *Network
+	topology   Topology
 }
 
 // PostgresOptions passes opts to StartPostgres, e.g.
 // PostgresOptions(WithArgs("-c", "max_connections=200")).
 func PostgresOptions(opts ...Option) StackOption {
 	return func(o *stackOptions) { o.postgres = append(o.postgres, opts...) }
+}
+
+// WithoutPostgres starts only the Redis side, for tests of Redis code that
+// should run on every topology: Stack.Postgres stays nil.
+func WithoutPostgres() StackOption {
+	return func(o *stackOptions) { o.noPostgres = true }
 }
 
 // RedisOptions passes opts to the Redis server(s) of the stack, e.g. with
@@ -72,8 +79,9 @@ func WithTopology(tp Topology) StackOption {
 // Its fields are set once and only read afterwards; the servers are removed
 // by the test's cleanup. Databases are empty: callers run the migrations.
 type Stack struct {
-	// Postgres is the PostgreSQL server; PostgresURL reaches it from the
-	// host (the URL stays valid across Stop/Start).
+	// Postgres is the PostgreSQL server (nil with WithoutPostgres);
+	// PostgresURL reaches it from the host (the URL stays valid across
+	// Stop/Start).
 	Postgres    *Postgres
 	PostgresURL string
 
@@ -126,24 +134,25 @@ func StartStack(ctx context.Context, t testing.TB, opts ...StackOption) (*Stack,
 		wg           sync.WaitGroup
 		pgErr, rdErr error
 	)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if s.Postgres, pgErr = StartPostgres(ctx, t, pgOpts...); pgErr == nil {
-			s.PostgresURL, pgErr = s.Postgres.URL(ctx)
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		rdErr = s.startRedis(ctx, t, redisOpts)
-	}()
+	if !o.noPostgres {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if s.Postgres, pgErr = StartPostgres(ctx, t, pgOpts...); pgErr == nil {
+				s.PostgresURL, pgErr = s.Postgres.URL(ctx)
+			}
+		}()
+	}
+	rdErr = s.startRedis(ctx, t, redisOpts)
 	wg.Wait()
 	if err := errors.Join(pgErr, rdErr); err != nil {
 		return nil, fmt.Errorf("start stack: %w", err)
 	}
 	if o.network != nil {
-		s.NetworkPostgresURL = fmt.Sprintf("postgres://%s:%s@%s:5432/%s?sslmode=disable",
-			PostgresUser, PostgresPassword, PostgresAlias, PostgresDB)
+		if s.Postgres != nil {
+			s.NetworkPostgresURL = fmt.Sprintf("postgres://%s:%s@%s:5432/%s?sslmode=disable",
+				PostgresUser, PostgresPassword, PostgresAlias, PostgresDB)
+		}
 		s.NetworkRedisURL = "redis://" + RedisAlias + ":6379/0"
 	}
 	return s, nil

@@ -79,6 +79,43 @@ func TestStartStack(t *testing.T) {
 	if got, err := rdb.Get(ctx, "kept").Result(); err != nil || got != "v" {
 		t.Fatalf("GET kept after restart = %q, %v; want v", got, err)
 	}
+
+	// SIGKILL: nothing is flushed, but appendfsync always wrote every
+	// command before answering it.
+	if err := rdb.Set(ctx, "kept", "after kill", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Redis.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if state, err := s.Redis.Container().State(ctx); err != nil || state.Running {
+		t.Fatalf("after Kill the container is running=%v (%v)", state != nil && state.Running, err)
+	}
+	if err := s.Redis.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := rdb.Get(ctx, "kept").Result(); err != nil || got != "after kill" {
+		t.Fatalf("GET kept after kill and start = %q, %v; want %q", got, err, "after kill")
+	}
+}
+
+// TestStartStackWithoutPostgres starts Redis alone.
+func TestStartStackWithoutPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs Docker (run without -short)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := testenv.StartStack(ctx, t, testenv.WithoutPostgres())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Postgres != nil || s.PostgresURL != "" || s.Redis == nil {
+		t.Fatalf("stack = %+v", s)
+	}
+	if err := newRedis(t, s.RedisURL).Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestStartStackUnknownTopology checks that a topology StartStack does not
