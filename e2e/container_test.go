@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -42,25 +41,16 @@ func TestContainerRuntimeImage(t *testing.T) {
 	t.Cleanup(func() { _ = provider.Close() })
 	image := buildRuntimeImage(ctx, t, provider.Client())
 
-	var (
-		wg           sync.WaitGroup
-		pg           *testenv.Postgres
-		pgErr, rdErr error
-	)
-	wg.Add(2)
-	go func() { defer wg.Done(); pg, pgErr = testenv.StartPostgres(ctx, t, testenv.WithNetwork(n, "postgres")) }()
-	go func() { defer wg.Done(); _, rdErr = testenv.StartRedis(ctx, t, testenv.WithNetwork(n, "redis")) }()
-	wg.Wait()
-	if err := errors.Join(pgErr, rdErr); err != nil {
+	s, err := testenv.StartStack(ctx, t, testenv.OnNetwork(n))
+	if err != nil {
 		t.Fatal(err)
 	}
 
 	// What the Machines get from [env] and the secrets, with the services'
 	// names on the Docker network.
 	env := map[string]string{
-		"DATABASE_URL": fmt.Sprintf("postgres://%s:%s@postgres:5432/%s?sslmode=disable",
-			testenv.PostgresUser, testenv.PostgresPassword, testenv.PostgresDB),
-		"REDIS_URL":             "redis://redis:6379/0",
+		"DATABASE_URL":          s.NetworkPostgresURL,
+		"REDIS_URL":             s.NetworkRedisURL,
 		"LOG_FORMAT":            "json",
 		"ROWCAST_DRAIN_TIMEOUT": "2s",
 	}
@@ -106,11 +96,7 @@ func TestContainerRuntimeImage(t *testing.T) {
 	}
 
 	body := fmt.Sprintf("from the runtime image %d", time.Now().UnixNano())
-	pgURL, err := pg.URL(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := pgx.Connect(ctx, pgURL)
+	db, err := pgx.Connect(ctx, s.PostgresURL)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -296,38 +296,38 @@ func TestFaults(t *testing.T) {
 		// Redis restarts empty: clients get reset (its epochs change), and
 		// the edge replays each new epoch from its start, so nothing is lost.
 		{name: "restart redis", inject: func(ctx context.Context, t *testing.T, r *rig) {
-			if err := r.s.redis.Stop(ctx); err != nil {
+			if err := r.s.Redis.Stop(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if err := r.s.redis.Start(ctx); err != nil {
+			if err := r.s.Redis.Start(ctx); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{name: "pause redis (network cut), unpause", inject: func(ctx context.Context, t *testing.T, r *rig) {
-			if err := r.s.redis.Pause(ctx); err != nil {
+			if err := r.s.Redis.Pause(ctx); err != nil {
 				t.Fatal(err)
 			}
 			waitHTTP(ctx, t, r.base+"/readyz", func(c int) bool { return c == http.StatusServiceUnavailable }, "app notices the frozen redis")
-			if err := r.s.redis.Unpause(ctx); err != nil {
+			if err := r.s.Redis.Unpause(ctx); err != nil {
 				t.Fatal(err)
 			}
 			waitHTTP(ctx, t, r.base+"/readyz", func(c int) bool { return c == http.StatusOK }, "app ready again")
 		}},
 		{name: "restart postgres", inject: func(ctx context.Context, t *testing.T, r *rig) {
-			if err := r.s.pg.Stop(ctx); err != nil {
+			if err := r.s.Postgres.Stop(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if err := r.s.pg.Start(ctx); err != nil {
+			if err := r.s.Postgres.Start(ctx); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{name: "pause postgres (network cut), unpause", inject: func(ctx context.Context, t *testing.T, r *rig) {
 			health := listenerHealth(ctx, t, r.listeners[0])
-			if err := r.s.pg.Pause(ctx); err != nil {
+			if err := r.s.Postgres.Pause(ctx); err != nil {
 				t.Fatal(err)
 			}
 			waitHTTP(ctx, t, health+"/readyz", func(c int) bool { return c == http.StatusServiceUnavailable }, "listener notices the frozen postgres")
-			if err := r.s.pg.Unpause(ctx); err != nil {
+			if err := r.s.Postgres.Unpause(ctx); err != nil {
 				t.Fatal(err)
 			}
 			waitHTTP(ctx, t, health+"/readyz", func(c int) bool { return c == http.StatusOK }, "listener ready again")

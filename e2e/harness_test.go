@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -52,44 +51,26 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// stack is Postgres and Redis in containers, migrated.
+// stack is Postgres and Redis in containers (see testenv.StartStack),
+// migrated by the listener binary.
 type stack struct {
-	pg       *testenv.Postgres
-	redis    *testenv.Redis
-	pgURL    string
-	redisURL string
+	*testenv.Stack
+	pgURL    string // Stack.PostgresURL
+	redisURL string // Stack.RedisURL
 }
 
-func startStack(ctx context.Context, t *testing.T) *stack {
+func startStack(ctx context.Context, t *testing.T, opts ...testenv.StackOption) *stack {
 	t.Helper()
-	var (
-		s      stack
-		wg     sync.WaitGroup
-		pgErr  error
-		redErr error
-	)
-	wg.Add(2)
-	go func() { defer wg.Done(); s.pg, pgErr = testenv.StartPostgres(ctx, t) }()
-	go func() { defer wg.Done(); s.redis, redErr = testenv.StartRedis(ctx, t) }()
-	wg.Wait()
-	if pgErr != nil {
-		t.Fatalf("start postgres: %v", pgErr)
-	}
-	if redErr != nil {
-		t.Fatalf("start redis: %v", redErr)
-	}
-	var err error
-	if s.pgURL, err = s.pg.URL(ctx); err != nil {
+	ts, err := testenv.StartStack(ctx, t, opts...)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if s.redisURL, err = s.redis.URL(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := &stack{Stack: ts, pgURL: ts.PostgresURL, redisURL: ts.RedisURL}
 	out, err := runOnce(ctx, bins.listener, s.env(), "migrate")
 	if err != nil {
 		t.Fatalf("listener migrate: %v\n%s", err, out)
 	}
-	return &s
+	return s
 }
 
 func (s *stack) env(extra ...string) []string {

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -86,27 +85,12 @@ func startStack(ctx context.Context, tb testing.TB, cfg stackConfig) (*stack, er
 
 func (s *stack) startContainers(ctx context.Context) error {
 	progress("starting Postgres and Redis containers")
-	var (
-		wg          sync.WaitGroup
-		pg          *testenv.Postgres
-		rd          *testenv.Redis
-		pgErr, rErr error
-	)
-	wg.Add(2)
-	go func() { defer wg.Done(); pg, pgErr = testenv.StartPostgres(ctx, s.tb) }()
-	go func() { defer wg.Done(); rd, rErr = testenv.StartRedis(ctx, s.tb) }()
-	wg.Wait()
-	if err := errors.Join(pgErr, rErr); err != nil {
+	ts, err := testenv.StartStack(ctx, s.tb)
+	if err != nil {
 		return err
 	}
-	var err error
-	if s.pgURL, err = pg.URL(ctx); err != nil {
-		return err
-	}
-	if s.redisURL, err = rd.URL(ctx); err != nil {
-		return err
-	}
-	s.pgCtr, s.redisCtr = pg.Container().GetContainerID(), rd.Container().GetContainerID()
+	s.pgURL, s.redisURL = ts.PostgresURL, ts.RedisURL
+	s.pgCtr, s.redisCtr = ts.Postgres.Container().GetContainerID(), ts.Redis.Container().GetContainerID()
 	return nil
 }
 

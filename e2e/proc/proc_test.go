@@ -11,7 +11,9 @@ import (
 func TestStartWaitLogStop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	p, err := Start("sh", "/bin/sh", []string{"GREETING=hello"}, "-c", `echo "$GREETING there"; trap 'echo bye; exit 3' TERM; while :; do sleep 0.05; done`)
+	// The trap comes first: the test sends SIGTERM as soon as it sees the
+	// greeting, which must not reach a shell without its handler.
+	p, err := Start("sh", "/bin/sh", []string{"GREETING=hello"}, "-c", `trap 'echo bye; exit 3' TERM; echo "$GREETING there"; while :; do sleep 0.05; done`)
 	if err != nil {
 		t.Fatal(err)
 	}

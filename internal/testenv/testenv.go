@@ -350,13 +350,23 @@ func (s *server) Start(ctx context.Context) error {
 	return nil
 }
 
-// Kill sends SIGKILL to the server: no shutdown, nothing flushed. Start
-// brings it back with what it had persisted.
+// Kill sends SIGKILL to the server: no shutdown, nothing flushed. It returns
+// once the container has stopped; Start brings it back with what it had
+// persisted.
 func (s *server) Kill(ctx context.Context) error {
-	if _, err := s.docker.ContainerKill(ctx, s.ctr.GetContainerID(), client.ContainerKillOptions{Signal: "SIGKILL"}); err != nil {
+	id := s.ctr.GetContainerID()
+	if _, err := s.docker.ContainerKill(ctx, id, client.ContainerKillOptions{Signal: "SIGKILL"}); err != nil {
 		return fmt.Errorf("kill %s: %w", s.name, err)
 	}
-	return nil
+	// The engine may report the container running for a moment after the
+	// signal; a Start in that moment would do nothing.
+	wait := s.docker.ContainerWait(ctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNotRunning})
+	select {
+	case <-wait.Result:
+		return nil
+	case err := <-wait.Error:
+		return fmt.Errorf("kill %s: wait for the container to stop: %w", s.name, err)
+	}
 }
 
 // Pause freezes every process of the container: connections stay open but

@@ -31,30 +31,19 @@ func setup(t *testing.T) env {
 		t.Skip("needs Docker (run without -short)")
 	}
 	ctx := context.Background()
-	var (
-		wg           sync.WaitGroup
-		pg           *testenv.Postgres
-		rd           *testenv.Redis
-		pgErr, rdErr error
-	)
-	wg.Add(2)
-	go func() { defer wg.Done(); pg, pgErr = testenv.StartPostgres(ctx, t) }()
-	go func() { defer wg.Done(); rd, rdErr = testenv.StartRedis(ctx, t) }()
-	wg.Wait()
-	if pgErr != nil || rdErr != nil {
-		t.Fatal(pgErr, rdErr)
-	}
-	pgURL, _ := pg.URL(ctx)
-	redisURL, _ := rd.URL(ctx)
-	if _, err := migrations.Up(ctx, pgURL); err != nil {
+	s, err := testenv.StartStack(ctx, t)
+	if err != nil {
 		t.Fatal(err)
 	}
-	rdb, err := connect.Redis(redisURL)
+	if _, err := migrations.Up(ctx, s.PostgresURL); err != nil {
+		t.Fatal(err)
+	}
+	rdb, err := connect.Redis(s.RedisURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rdb.Close() })
-	return env{pgURL: pgURL, rdb: rdb}
+	return env{pgURL: s.PostgresURL, rdb: rdb}
 }
 
 // newRelay builds a relay; its LISTEN connections are tracked so a test

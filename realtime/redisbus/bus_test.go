@@ -23,15 +23,11 @@ func startRedis(t *testing.T) redis.UniversalClient {
 		t.Skip("needs Docker (run without -short)")
 	}
 	ctx := context.Background()
-	r, err := testenv.StartRedis(ctx, t)
+	s, err := testenv.StartStack(ctx, t, testenv.WithoutPostgres())
 	if err != nil {
 		t.Fatal(err)
 	}
-	url, err := r.URL(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt, err := redis.ParseURL(url)
+	opt, err := redis.ParseURL(s.RedisURL)
 	if err != nil {
 		t.Fatal(err)
 	}
