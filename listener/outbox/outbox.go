@@ -98,6 +98,9 @@ func (s *Store) Claim(ctx context.Context, limit int, session string) (Batch, er
 func (s *Store) Record(ctx context.Context, p Published) error {
 	b := &pgx.Batch{}
 	queueRecord(b, p)
+	if b.Len() == 0 {
+		return nil
+	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("record %d published rows: %w", len(p.IDs), err)
 	}
