@@ -15,6 +15,12 @@ import (
 // maxHeld bounds the live messages held for one room while it catches up.
 const maxHeld = 1024
 
+// maxCatchUpReads bounds the history reads of all rooms at once. After a
+// Redis restart every room catches up together: unbounded, their reads
+// would take every pooled connection, and the bus's probe, joins and
+// replays would queue behind them all.
+const maxCatchUpReads = 8
+
 // subStripes is the number of locks that serialise joining and leaving rooms
 // (and so the bus subscriptions they cause); rooms hash onto them.
 const subStripes = 64
@@ -41,6 +47,7 @@ type Hub struct {
 	catchUps sync.WaitGroup // running catch-up goroutines (tests wait on it)
 	maxHeld  int            // live messages held per room while it catches up
 	retry    retry.Policy   // between failed history reads of a catch-up
+	reads    chan struct{}  // a slot per catch-up history read in flight
 }
 
 // HubOption configures a Hub.
@@ -60,7 +67,8 @@ type hubRoom struct {
 
 	// Catch-up state, guarded by lastMu. While catching, the room's
 	// goroutine delivers (join may still raise last on a room's first
-	// subscribe); live messages wait in held.
+	// subscribe); live messages wait in held, except the very next one
+	// after last while nothing is held.
 	catching bool
 	again    bool      // read history once more before catching ends (resubscribed, or held overflowed)
 	held     []Message // live messages that arrived while catching, in arrival order
@@ -72,7 +80,8 @@ type hubRoom struct {
 // as its handler: go bus.Run(ctx, hub).
 func NewHub(bus Bus, log *slog.Logger, opts ...HubOption) *Hub {
 	h := &Hub{bus: bus, log: log, seed: maphash.MakeSeed(), rooms: map[Room]*hubRoom{}, linger: 5 * time.Second,
-		maxHeld: maxHeld, retry: retry.Policy{Min: 100 * time.Millisecond, Max: 5 * time.Second, Log: log}}
+		maxHeld: maxHeld, retry: retry.Policy{Min: 100 * time.Millisecond, Max: 5 * time.Second, Log: log},
+		reads: make(chan struct{}, maxCatchUpReads)}
 	for _, o := range opts {
 		o(h)
 	}
@@ -198,7 +207,8 @@ func (h *Hub) reapLocked(ctx context.Context, r Room, e *hubRoom) {
 // the room's own goroutine: HandleMessage never waits for the network, so a
 // slow history read delays only its room. While a room catches up, its live
 // messages are held (bounded) and delivered after the history, without
-// duplicates. A message of a new epoch means Redis lost the room's history:
+// duplicates; only one that directly follows the room's last message (after
+// a resubscribe, nothing was missed before it) is delivered at once. A message of a new epoch means Redis lost the room's history:
 // clients are told to reset by their own epoch check, and what the new epoch
 // already holds before m is filled in, so nothing published since is skipped.
 //
@@ -217,6 +227,15 @@ func (h *Hub) HandleMessage(ctx context.Context, m Message) {
 		return
 	}
 	if e.catching {
+		if len(e.held) == 0 && e.lostEpoch == "" && !e.last.IsZero() {
+			if isNew, gap := e.last.Follows(m.ID); isNew && !gap {
+				// The next one after what was delivered: no history can
+				// come before it (a resubscribe's catch-up), so it is not
+				// held. The read dedupes it.
+				h.fanout(e, m)
+				return
+			}
+		}
 		h.holdLocked(e, m)
 		return
 	}
@@ -319,7 +338,13 @@ func (h *Hub) catchUp(ctx context.Context, r Room, e *hubRoom) {
 			if after.IsZero() {
 				return nil // nothing delivered yet: nothing to fill
 			}
+			select {
+			case h.reads <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 			ms, err := h.bus.History(ctx, r, after)
+			<-h.reads
 			switch {
 			case errors.Is(err, ErrHistoryLost), errors.Is(err, ErrBadID):
 				// A malformed entry cannot be delivered by retrying

@@ -339,3 +339,60 @@ func TestCatchUpEndsWithContextOrRoom(t *testing.T) {
 		}
 	})
 }
+
+// While a resubscribed room catches up, a live message that directly
+// follows its last one needs no history and is not held; one after a gap
+// is, until the history fills the gap.
+func TestCatchUpDeliversNextMessageAtOnce(t *testing.T) {
+	ctx := context.Background()
+	h, bus := newTestHub()
+	rec := joinRecorder(t, h, "a")
+	bus.publish("a", true)
+	gate, entered := blockHistory(bus, "a")
+	h.HandleResubscribed(ctx, "a")
+	waitEntered(t, entered, "a")
+	publishReturns(t, bus, "a")
+	if got := strings.Join(rec.events(), " "); got != "e1-1 e1-2" {
+		t.Fatalf("events %q while catching up, want the next one delivered", got)
+	}
+	bus.publish("a", false)
+	publishReturns(t, bus, "a") // e1-4: after a gap, held
+	if got := strings.Join(rec.events(), " "); got != "e1-1 e1-2" {
+		t.Fatalf("events %q: delivered across a gap", got)
+	}
+	close(gate)
+	settleWithin(t, h)
+	if got := strings.Join(rec.events(), " "); got != "e1-1 e1-2 e1-3 e1-4" {
+		t.Fatalf("events %q", got)
+	}
+}
+
+// History reads of all rooms together are bounded; a room waiting for a
+// slot still ends with its context.
+func TestCatchUpReadsAreBounded(t *testing.T) {
+	h, bus := newTestHub()
+	h.reads = make(chan struct{}, 1)
+	for _, r := range []Room{"a", "b"} {
+		joinRecorder(t, h, r)
+		bus.publish(r, true)
+	}
+	gate, entered := blockHistory(bus, "a")
+	h.HandleResubscribed(context.Background(), "a")
+	waitEntered(t, entered, "a") // a holds the only slot
+	h.HandleResubscribed(context.Background(), "b")
+	if n := bus.historyCalls("b"); n != 0 {
+		t.Fatalf("room b read history while room a held the only slot")
+	}
+	close(gate)
+	waitEntered(t, entered, "b")
+	settleWithin(t, h)
+
+	h.reads <- struct{}{} // every slot taken, for good
+	ctx, cancel := context.WithCancel(context.Background())
+	h.HandleResubscribed(ctx, "b")
+	cancel()
+	settleWithin(t, h)
+	if n := bus.historyCalls("b"); n != 1 {
+		t.Fatalf("room b read history %d times, want 1", n)
+	}
+}

@@ -23,7 +23,7 @@ type memBus struct {
 
 	// History's behaviour, for the catch-up tests; set before use.
 	gates     map[Room]chan struct{} // History of the room waits for a receive (or ctx end)
-	readFirst bool                   // History reads its answer before waiting at the gate
+	readFirst bool                   // History reads its answer before it reports the call and waits at the gate
 	entered   chan Room              // if set, History reports each call here (buffer it)
 	fail      map[Room][]error       // History returns these first, one per call
 	down      error                  // if set, every History call fails with it
@@ -65,19 +65,19 @@ func (b *memBus) History(ctx context.Context, r Room, after ID) ([]Message, erro
 		err, b.fail[r] = q[0], q[1:]
 	}
 	b.mu.Unlock()
-	if entered != nil {
-		select {
-		case entered <- r:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
 	var (
 		out     []Message
 		readErr error
 	)
 	if readFirst {
 		out, readErr = b.read(r, after)
+	}
+	if entered != nil {
+		select {
+		case entered <- r:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	if gate != nil {
 		select {
