@@ -123,10 +123,14 @@ func (h *Hub) join(ctx context.Context, r Room, c *Client) (ID, error) {
 		head, err := h.bus.Subscribe(ctx, r)
 		if err != nil {
 			h.mu.Lock()
-			if len(e.members) == 0 {
+			drop := len(e.members) == 0
+			if drop {
 				delete(h.rooms, r)
 			}
 			h.mu.Unlock()
+			if drop {
+				e.dropped() // a message may have started a catch-up meanwhile
+			}
 			return ID{}, err
 		}
 		e.live = true
@@ -188,17 +192,22 @@ func (h *Hub) reapLocked(ctx context.Context, r Room, e *hubRoom) {
 	}
 	delete(h.rooms, r)
 	h.mu.Unlock()
-	e.lastMu.Lock()
-	e.reaped, e.held = true, nil
-	if e.stop != nil {
-		e.stop() // its goroutine sees reaped and ends
-	}
-	e.lastMu.Unlock()
+	e.dropped()
 	if e.live {
 		e.live = false
 		if err := h.bus.Unsubscribe(ctx, r); err != nil {
 			h.log.Warn("unsubscribe room", "room", r, "err", err)
 		}
+	}
+}
+
+// dropped marks e as no longer in the hub and ends its catch-up.
+func (e *hubRoom) dropped() {
+	e.lastMu.Lock()
+	defer e.lastMu.Unlock()
+	e.reaped, e.held = true, nil
+	if e.stop != nil {
+		e.stop() // its goroutine sees reaped and ends
 	}
 }
 
@@ -208,9 +217,10 @@ func (h *Hub) reapLocked(ctx context.Context, r Room, e *hubRoom) {
 // slow history read delays only its room. While a room catches up, its live
 // messages are held (bounded) and delivered after the history, without
 // duplicates; only one that directly follows the room's last message (after
-// a resubscribe, nothing was missed before it) is delivered at once. A message of a new epoch means Redis lost the room's history:
-// clients are told to reset by their own epoch check, and what the new epoch
-// already holds before m is filled in, so nothing published since is skipped.
+// a resubscribe, nothing was missed before it) is delivered at once.
+// A message of a new epoch means Redis lost the room's history: clients are
+// told to reset by their own epoch check, and what the new epoch already
+// holds before m is filled in, so nothing published since is skipped.
 //
 // The catch-up goroutine ends when ctx ends (the bus passes one that ends at
 // shutdown) or when the room is dropped.

@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -212,22 +213,27 @@ func TestCatchUpHistoryLostResetsAndContinues(t *testing.T) {
 	}
 }
 
-// History lost within the epoch (trimmed) while catching up a gap: one
-// reset, then the held message and everything after it.
+// History lost within the epoch (trimmed), or holding an entry that cannot
+// be parsed, while catching up a gap: one reset, then the held message and
+// everything after it.
 func TestCatchUpHistoryTrimmedResets(t *testing.T) {
-	h, bus := newTestHub()
-	rec := joinRecorder(t, h, "a")
-	bus.publish("a", true)
-	bus.fail["a"] = []error{ErrHistoryLost}
-	bus.publish("a", false)
-	publishReturns(t, bus, "a")
-	settleWithin(t, h)
-	bus.publish("a", true)
-	if got := strings.Join(rec.events(), " "); got != "e1-1 e1-3 e1-4" {
-		t.Fatalf("events %q", got)
-	}
-	if n := strings.Count(strings.Join(rec.controls(), ""), `"type":"reset"`); n != 1 {
-		t.Fatalf("%d resets, want 1", n)
+	for _, err := range []error{ErrHistoryLost, fmt.Errorf("history entry: %w", ErrBadID)} {
+		t.Run(err.Error(), func(t *testing.T) {
+			h, bus := newTestHub()
+			rec := joinRecorder(t, h, "a")
+			bus.publish("a", true)
+			bus.fail["a"] = []error{err}
+			bus.publish("a", false)
+			publishReturns(t, bus, "a")
+			settleWithin(t, h)
+			bus.publish("a", true)
+			if got := strings.Join(rec.events(), " "); got != "e1-1 e1-3 e1-4" {
+				t.Fatalf("events %q", got)
+			}
+			if n := strings.Count(strings.Join(rec.controls(), ""), `"type":"reset"`); n != 1 {
+				t.Fatalf("%d resets, want 1", n)
+			}
+		})
 	}
 }
 
@@ -394,5 +400,25 @@ func TestCatchUpReadsAreBounded(t *testing.T) {
 	settleWithin(t, h)
 	if n := bus.historyCalls("b"); n != 1 {
 		t.Fatalf("room b read history %d times, want 1", n)
+	}
+}
+
+// A message can reach a room while its first join subscribes; when that
+// subscribe fails the room is dropped, and a catch-up it started ends too.
+func TestFailedSubscribeEndsCatchUp(t *testing.T) {
+	ctx := context.Background()
+	h, bus := newTestHub()
+	bus.down = ErrUnavailable // the catch-up would retry for ever
+	bus.failSub = ErrUnavailable
+	bus.duringSub = func() {
+		h.HandleMessage(ctx, Message{Room: "a", ID: ID{Epoch: "e1", Offset: 1}})
+		h.HandleMessage(ctx, Message{Room: "a", ID: ID{Epoch: "e1", Offset: 3}}) // gap: catch-up starts
+	}
+	if err := h.NewClient(&recorder{}, 10).Join(ctx, "a", ID{}); err == nil {
+		t.Fatal("join succeeded with a failing bus")
+	}
+	settleWithin(t, h)
+	if h.Rooms() != 0 {
+		t.Fatalf("%d rooms left", h.Rooms())
 	}
 }

@@ -28,6 +28,7 @@ type memBus struct {
 	fail      map[Room][]error       // History returns these first, one per call
 	down      error                  // if set, every History call fails with it
 	calls     map[Room]int           // History calls per room
+	duringSub func()                 // if set, Subscribe calls it before it answers
 }
 
 func newMemBus() *memBus {
@@ -38,6 +39,9 @@ func newMemBus() *memBus {
 func (b *memBus) Run(ctx context.Context, h Handler) error { b.h = h; return nil }
 
 func (b *memBus) Subscribe(ctx context.Context, r Room) (ID, error) {
+	if b.duringSub != nil {
+		b.duringSub()
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.failSub != nil {
