@@ -3,11 +3,23 @@ package realtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/rowcast/rowcast/internal/retry"
 )
+
+// maxHeld bounds the live messages held for one room while it catches up.
+const maxHeld = 1024
+
+// maxCatchUpReads bounds the history reads of all rooms at once. After a
+// Redis restart every room catches up together: unbounded, their reads
+// would take every pooled connection, and the bus's probe, joins and
+// replays would queue behind them all.
+const maxCatchUpReads = 8
 
 // subStripes is the number of locks that serialise joining and leaving rooms
 // (and so the bus subscriptions they cause); rooms hash onto them.
@@ -16,7 +28,10 @@ const subStripes = 64
 // Hub is one edge process's room index: it subscribes the Bus to a room
 // while the room has local clients, and hands each message of the room to
 // those clients, the same bytes to all. All methods may be called
-// concurrently; the Hub implements Handler for the Bus.
+// concurrently; the Hub implements Handler for the Bus. A room that must
+// catch up from history does so in a goroutine of its own, which ends with
+// the context given to HandleMessage or HandleResubscribed, or when the
+// room is dropped.
 type Hub struct {
 	bus  Bus
 	log  *slog.Logger
@@ -28,6 +43,11 @@ type Hub struct {
 
 	mu    sync.RWMutex
 	rooms map[Room]*hubRoom
+
+	catchUps sync.WaitGroup // running catch-up goroutines (tests wait on it)
+	maxHeld  int            // live messages held per room while it catches up
+	retry    retry.Policy   // between failed history reads of a catch-up
+	reads    chan struct{}  // a slot per catch-up history read in flight
 }
 
 // HubOption configures a Hub.
@@ -44,12 +64,24 @@ type hubRoom struct {
 	lastMu    sync.Mutex
 	last      ID     // last id fanned out (or the head at subscribe time)
 	lostEpoch string // epoch whose history was found lost; set while last is zero after a loss
+
+	// Catch-up state, guarded by lastMu. While catching, the room's
+	// goroutine delivers (join may still raise last on a room's first
+	// subscribe); live messages wait in held, except the very next one
+	// after last while nothing is held.
+	catching bool
+	again    bool      // read history once more before catching ends (resubscribed, or held overflowed)
+	held     []Message // live messages that arrived while catching, in arrival order
+	stop     context.CancelFunc
+	reaped   bool // dropped from the hub: deliver nothing, start nothing
 }
 
 // NewHub returns a Hub that subscribes rooms on bus. Run the bus with the hub
 // as its handler: go bus.Run(ctx, hub).
 func NewHub(bus Bus, log *slog.Logger, opts ...HubOption) *Hub {
-	h := &Hub{bus: bus, log: log, seed: maphash.MakeSeed(), rooms: map[Room]*hubRoom{}, linger: 5 * time.Second}
+	h := &Hub{bus: bus, log: log, seed: maphash.MakeSeed(), rooms: map[Room]*hubRoom{}, linger: 5 * time.Second,
+		maxHeld: maxHeld, retry: retry.Policy{Min: 100 * time.Millisecond, Max: 5 * time.Second, Log: log},
+		reads: make(chan struct{}, maxCatchUpReads)}
 	for _, o := range opts {
 		o(h)
 	}
@@ -91,10 +123,14 @@ func (h *Hub) join(ctx context.Context, r Room, c *Client) (ID, error) {
 		head, err := h.bus.Subscribe(ctx, r)
 		if err != nil {
 			h.mu.Lock()
-			if len(e.members) == 0 {
+			drop := len(e.members) == 0
+			if drop {
 				delete(h.rooms, r)
 			}
 			h.mu.Unlock()
+			if drop {
+				e.dropped() // a message may have started a catch-up meanwhile
+			}
 			return ID{}, err
 		}
 		e.live = true
@@ -156,6 +192,7 @@ func (h *Hub) reapLocked(ctx context.Context, r Room, e *hubRoom) {
 	}
 	delete(h.rooms, r)
 	h.mu.Unlock()
+	e.dropped()
 	if e.live {
 		e.live = false
 		if err := h.bus.Unsubscribe(ctx, r); err != nil {
@@ -164,11 +201,29 @@ func (h *Hub) reapLocked(ctx context.Context, r Room, e *hubRoom) {
 	}
 }
 
+// dropped marks e as no longer in the hub and ends its catch-up.
+func (e *hubRoom) dropped() {
+	e.lastMu.Lock()
+	defer e.lastMu.Unlock()
+	e.reaped, e.held = true, nil
+	if e.stop != nil {
+		e.stop() // its goroutine sees reaped and ends
+	}
+}
+
 // HandleMessage fans m out to the room's local clients. A gap after the last
-// message of the room (the bus missed some) is filled from history first.
+// message of the room (the bus missed some) is filled from history first, in
+// the room's own goroutine: HandleMessage never waits for the network, so a
+// slow history read delays only its room. While a room catches up, its live
+// messages are held (bounded) and delivered after the history, without
+// duplicates; only one that directly follows the room's last message (after
+// a resubscribe, nothing was missed before it) is delivered at once.
 // A message of a new epoch means Redis lost the room's history: clients are
 // told to reset by their own epoch check, and what the new epoch already
 // holds before m is filled in, so nothing published since is skipped.
+//
+// The catch-up goroutine ends when ctx ends (the bus passes one that ends at
+// shutdown) or when the room is dropped.
 func (h *Hub) HandleMessage(ctx context.Context, m Message) {
 	h.mu.RLock()
 	e := h.rooms[m.Room]
@@ -178,6 +233,55 @@ func (h *Hub) HandleMessage(ctx context.Context, m Message) {
 	}
 	e.lastMu.Lock()
 	defer e.lastMu.Unlock()
+	if e.reaped {
+		return
+	}
+	if e.catching {
+		if len(e.held) == 0 && e.lostEpoch == "" && !e.last.IsZero() {
+			if isNew, gap := e.last.Follows(m.ID); isNew && !gap {
+				// The next one after what was delivered: no history can
+				// come before it (a resubscribe's catch-up), so it is not
+				// held. The read dedupes it.
+				h.fanout(e, m)
+				return
+			}
+		}
+		h.holdLocked(e, m)
+		return
+	}
+	if h.deliverLocked(e, m, false) {
+		e.held = append(e.held, m)
+		h.startCatchUpLocked(ctx, m.Room, e)
+	}
+}
+
+// HandleResubscribed catches room up after its live delivery was
+// interrupted, in the room's own goroutine like a gap (see HandleMessage).
+func (h *Hub) HandleResubscribed(ctx context.Context, r Room) {
+	h.mu.RLock()
+	e := h.rooms[r]
+	h.mu.RUnlock()
+	if e == nil {
+		return
+	}
+	e.lastMu.Lock()
+	defer e.lastMu.Unlock()
+	switch {
+	case e.reaped:
+	case e.catching:
+		// The running catch-up may have read history before the
+		// interruption: read it once more before it ends.
+		e.again = true
+	case !e.last.IsZero():
+		h.startCatchUpLocked(ctx, r, e)
+	}
+}
+
+// deliverLocked fans m out unless it is a duplicate. It reports true, and
+// leaves m undelivered, when history must be read first: m does not follow
+// the room's last message. With force, a gap within the epoch is accepted
+// (the history read that should have filled it is done). e.lastMu is held.
+func (h *Hub) deliverLocked(e *hubRoom, m Message, force bool) (needHistory bool) {
 	if e.lostEpoch != "" {
 		// History was found lost; clients were told to reset. A message of
 		// the same epoch is the new starting point; one of a new epoch means
@@ -189,55 +293,117 @@ func (h *Hub) HandleMessage(ctx context.Context, m Message) {
 	}
 	isNew, gap := e.last.Follows(m.ID)
 	if !isNew {
-		return
+		return false
 	}
-	if gap {
+	if gap && !(force && e.last.Epoch == m.ID.Epoch) {
 		if e.last.Epoch != m.ID.Epoch {
 			e.last = ID{Epoch: m.ID.Epoch} // offset 0: fill from the epoch's start
 		}
-		h.catchUpLocked(ctx, m.Room, e)
-		if isNew, _ = e.last.Follows(m.ID); !isNew {
-			return
-		}
+		return true
 	}
 	h.fanout(e, m)
+	return false
 }
 
-// HandleResubscribed catches room up after its live delivery was interrupted.
-func (h *Hub) HandleResubscribed(ctx context.Context, r Room) {
-	h.mu.RLock()
-	e := h.rooms[r]
-	h.mu.RUnlock()
-	if e == nil {
+// holdLocked keeps a live message that arrived while its room catches up.
+// When the held list is full the message is dropped and history is read
+// once more instead: it holds the dropped ones. e.lastMu is held.
+func (h *Hub) holdLocked(e *hubRoom, m Message) {
+	if len(e.held) >= h.maxHeld {
+		e.again = true
 		return
 	}
-	e.lastMu.Lock()
-	defer e.lastMu.Unlock()
-	h.catchUpLocked(ctx, r, e)
+	e.held = append(e.held, m)
 }
 
-// catchUpLocked delivers the room's history after e.last. e.lastMu is held.
-func (h *Hub) catchUpLocked(ctx context.Context, r Room, e *hubRoom) {
-	if e.last.IsZero() {
-		return
-	}
-	missed, err := h.bus.History(ctx, r, e.last)
-	if errors.Is(err, ErrHistoryLost) {
-		h.log.Warn("room history lost; clients told to reset", "room", r, "err", err)
-		h.forEach(e, func(c *Client) { c.reset(r) })
-		// Continue from what arrives next instead of failing again (see
-		// HandleMessage for a new epoch).
-		e.lostEpoch, e.last = e.last.Epoch, ID{}
-		return
-	}
-	if err != nil {
-		h.log.Warn("room catch-up failed", "room", r, "err", err)
-		return
-	}
-	for _, m := range missed {
-		if isNew, _ := e.last.Follows(m.ID); isNew {
-			h.fanout(e, m)
+// startCatchUpLocked starts room r's catch-up goroutine. e.lastMu is held
+// and no catch-up runs.
+func (h *Hub) startCatchUpLocked(ctx context.Context, r Room, e *hubRoom) {
+	ctx, cancel := context.WithCancel(ctx)
+	e.catching, e.stop = true, cancel
+	h.catchUps.Go(func() {
+		defer cancel()
+		h.catchUp(ctx, r, e)
+	})
+}
+
+// catchUp reads room r's history after its last message and delivers it,
+// then the live messages held meanwhile, again and again until nothing is
+// held and no further read is due. Failed reads are retried with backoff
+// until ctx ends (shutdown, or the room was dropped).
+func (h *Hub) catchUp(ctx context.Context, r Room, e *hubRoom) {
+	p := h.retry
+	p.What = fmt.Sprintf("catch-up of room %q", r)
+	for {
+		var (
+			missed []Message
+			lost   error
+			read   int // messages held before the read started
+		)
+		err := retry.Do(ctx, p, func(ctx context.Context) error {
+			e.lastMu.Lock()
+			after := e.last
+			read, e.again = len(e.held), false
+			e.lastMu.Unlock()
+			if after.IsZero() {
+				return nil // nothing delivered yet: nothing to fill
+			}
+			select {
+			case h.reads <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			ms, err := h.bus.History(ctx, r, after)
+			<-h.reads
+			switch {
+			case errors.Is(err, ErrHistoryLost), errors.Is(err, ErrBadID):
+				// A malformed entry cannot be delivered by retrying
+				// either: clients learn that history was lost.
+				lost = err
+			case err != nil:
+				return err
+			}
+			missed = ms
+			return nil
+		})
+
+		e.lastMu.Lock()
+		if err != nil || e.reaped {
+			// ctx ended: the room was dropped or the hub stops. What was
+			// held is in history; a later gap or resubscribe reads it.
+			e.catching, e.held, e.stop = false, nil, nil
+			e.lastMu.Unlock()
+			return
 		}
+		if lost != nil {
+			h.log.Warn("room history lost; clients told to reset", "room", r, "err", lost)
+			h.forEach(e, func(c *Client) { c.reset(r) })
+			// Continue from what arrives next instead of failing again
+			// (see deliverLocked for a new epoch).
+			e.lostEpoch, e.last = e.last.Epoch, ID{}
+		}
+		for _, m := range missed {
+			if isNew, _ := e.last.Follows(m.ID); isNew {
+				h.fanout(e, m)
+			}
+		}
+		// Deliver what was held, up to one that needs history again. One
+		// held before the read is covered by it (the bus writes history
+		// before it publishes): a gap left there is accepted, as nothing
+		// more can fill it.
+		i := 0
+		for ; i < len(e.held); i++ {
+			if h.deliverLocked(e, e.held[i], lost == nil && i < read) {
+				break
+			}
+		}
+		e.held = append(e.held[:0], e.held[i:]...)
+		if len(e.held) == 0 && !e.again {
+			e.catching, e.held, e.stop = false, nil, nil
+			e.lastMu.Unlock()
+			return
+		}
+		e.lastMu.Unlock()
 	}
 }
 

@@ -20,15 +20,28 @@ type memBus struct {
 	history map[Room][]Message
 	epoch   string
 	failSub error
+
+	// History's behaviour, for the catch-up tests; set before use.
+	gates     map[Room]chan struct{} // History of the room waits for a receive (or ctx end)
+	readFirst bool                   // History reads its answer before it reports the call and waits at the gate
+	entered   chan Room              // if set, History reports each call here (buffer it)
+	fail      map[Room][]error       // History returns these first, one per call
+	down      error                  // if set, every History call fails with it
+	calls     map[Room]int           // History calls per room
+	duringSub func()                 // if set, Subscribe calls it before it answers
 }
 
 func newMemBus() *memBus {
-	return &memBus{subs: map[Room]int{}, history: map[Room][]Message{}, epoch: "e1"}
+	return &memBus{subs: map[Room]int{}, history: map[Room][]Message{}, epoch: "e1",
+		gates: map[Room]chan struct{}{}, fail: map[Room][]error{}, calls: map[Room]int{}}
 }
 
 func (b *memBus) Run(ctx context.Context, h Handler) error { b.h = h; return nil }
 
 func (b *memBus) Subscribe(ctx context.Context, r Room) (ID, error) {
+	if b.duringSub != nil {
+		b.duringSub()
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.failSub != nil {
@@ -50,6 +63,44 @@ func (b *memBus) Unsubscribe(ctx context.Context, r Room) error {
 
 func (b *memBus) History(ctx context.Context, r Room, after ID) ([]Message, error) {
 	b.mu.Lock()
+	b.calls[r]++
+	gate, readFirst, entered, err := b.gates[r], b.readFirst, b.entered, b.down
+	if q := b.fail[r]; err == nil && len(q) > 0 {
+		err, b.fail[r] = q[0], q[1:]
+	}
+	b.mu.Unlock()
+	var (
+		out     []Message
+		readErr error
+	)
+	if readFirst {
+		out, readErr = b.read(r, after)
+	}
+	if entered != nil {
+		select {
+		case entered <- r:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !readFirst {
+		out, readErr = b.read(r, after)
+	}
+	return out, readErr
+}
+
+func (b *memBus) read(r Room, after ID) ([]Message, error) {
+	b.mu.Lock()
 	defer b.mu.Unlock()
 	if after.Epoch != b.epoch {
 		return nil, ErrHistoryLost
@@ -61,6 +112,13 @@ func (b *memBus) History(ctx context.Context, r Room, after ID) ([]Message, erro
 		}
 	}
 	return out, nil
+}
+
+// historyCalls returns how many times History was called for r.
+func (b *memBus) historyCalls(r Room) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.calls[r]
 }
 
 // publish appends to history and, when live, hands the message to the hub.
@@ -156,9 +214,13 @@ func (b *memBus) restartEmpty(epoch string, r Room) {
 func newTestHub() (*Hub, *memBus) {
 	bus := newMemBus()
 	h := NewHub(bus, slog.New(slog.NewTextHandler(io.Discard, nil)), Linger(0))
+	h.retry.Min, h.retry.Max = time.Millisecond, 10*time.Millisecond
 	_ = bus.Run(context.Background(), h)
 	return h, bus
 }
+
+// settle waits until no catch-up runs in the background.
+func settle(h *Hub) { h.catchUps.Wait() }
 
 func TestHubSubscribesOncePerRoomAndUnsubscribesWhenEmpty(t *testing.T) {
 	ctx := context.Background()
@@ -254,12 +316,14 @@ func TestHubFillsGapFromHistory(t *testing.T) {
 	bus.publish("a", false) // missed by the live path
 	bus.publish("a", false)
 	bus.publish("a", true)
+	settle(h)
 	if got := strings.Join(rec.events(), " "); got != "e1-1 e1-2 e1-3 e1-4" {
 		t.Fatalf("got %q", got)
 	}
 	// After a resubscription the hub catches up without any new message.
 	bus.publish("a", false)
 	h.HandleResubscribed(ctx, "a")
+	settle(h)
 	if got := rec.events(); len(got) != 5 {
 		t.Fatalf("after resubscribe got %v", got)
 	}
@@ -324,6 +388,7 @@ func TestHubFillsNewEpochAfterHistoryLoss(t *testing.T) {
 	bus.restartEmpty("e2", "a")
 	bus.publish("a", false)
 	bus.publish("a", true)
+	settle(h)
 	if got := strings.Join(rec.events(), " "); got != "e1-1 e2-1 e2-2" {
 		t.Fatalf("events %q", got)
 	}
@@ -381,6 +446,7 @@ func TestHubReplaysNewEpochAfterResubscribe(t *testing.T) {
 	bus.publish("a", false)
 	h.HandleResubscribed(ctx, "a")
 	bus.publish("a", true)
+	settle(h)
 	if got := strings.Join(rec.events(), " "); got != "e1-1 e2-1 e2-2 e2-3" {
 		t.Fatalf("events %q", got)
 	}
