@@ -92,7 +92,7 @@ func TestCatchUpAfterRedisRestart(t *testing.T) {
 	}
 
 	for range before {
-		if err := publishCatchUp(ctx, client, names, time.Now()); err != nil {
+		if err := publishCatchUp(ctx, client, catchUpEvents(names, time.Now())); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -108,13 +108,21 @@ func TestCatchUpAfterRedisRestart(t *testing.T) {
 		defer close(probesDone)
 		tick := time.NewTicker(probeEvery)
 		defer tick.Stop()
+		var pending []redisbus.Event
 		for {
 			select {
 			case <-probeCtx.Done():
 				return
 			case <-tick.C:
+				// Like the listener, a publish that failed is repeated as
+				// is (its outcome is unknown: Redis may hold it).
+				if pending == nil {
+					pending = catchUpEvents(probes, time.Now())
+				}
 				pctx, cancel := context.WithTimeout(probeCtx, time.Second)
-				_ = publishCatchUp(pctx, client, probes, time.Now())
+				if publishCatchUp(pctx, client, pending) == nil {
+					pending = nil
+				}
 				cancel()
 			}
 		}
@@ -129,8 +137,9 @@ func TestCatchUpAfterRedisRestart(t *testing.T) {
 	back := time.Now()
 	// One more event per room, published as soon as Redis answers: mostly
 	// before the bus has resubscribed, so history brings it.
+	once := catchUpEvents(names, time.Now())
 	for attempt := 0; ; attempt++ {
-		err := publishCatchUp(ctx, client, names, time.Now())
+		err := publishCatchUp(ctx, client, once)
 		if err == nil {
 			break
 		}
@@ -186,21 +195,41 @@ func TestCatchUpAfterRedisRestart(t *testing.T) {
 	}
 }
 
-// publishCatchUp publishes one event to each room with its capture time at.
-// Every call of the publisher is here, so a change of its signature is
-// adapted in one place.
-func publishCatchUp(ctx context.Context, client redis.UniversalClient, rooms []realtime.Room, at time.Time) error {
+// catchUpEvents returns one new event for each room with capture time at.
+func catchUpEvents(rooms []realtime.Room, at time.Time) []redisbus.Event {
 	events := make([]redisbus.Event, len(rooms))
 	stamp := at.UTC().Format(time.RFC3339Nano)
 	for i, r := range rooms {
 		events[i] = redisbus.Event{OutboxID: catchUpOutboxID.Add(1), Room: r,
 			Tail: fmt.Appendf(nil, `,"room":%q,"table":"public.catchup","op":"INSERT","at":%q,"data":{}}`, r, stamp)}
 	}
-	_, err := redisbus.NewPublisher(client, redisbus.HistoryLimits{Len: 1000, TTL: time.Hour}).Publish(ctx, events)
-	return err
+	return events
 }
 
-var catchUpOutboxID atomic.Int64
+// publishCatchUp publishes events. Every call of the publisher is here, so a
+// change of its signature is adapted in one place.
+func publishCatchUp(ctx context.Context, client redis.UniversalClient, events []redisbus.Event) error {
+	// The listener records each room's position in Postgres and gives it to
+	// the next publish; here a map plays Postgres.
+	catchUpPositions.Lock()
+	defer catchUpPositions.Unlock()
+	res, err := redisbus.NewPublisher(client, redisbus.HistoryLimits{Len: 1000, TTL: time.Hour}).Publish(ctx, events, catchUpPositions.m)
+	if err != nil {
+		return err
+	}
+	for r, pos := range res.Positions {
+		catchUpPositions.m[r] = pos
+	}
+	return nil
+}
+
+var (
+	catchUpOutboxID  atomic.Int64
+	catchUpPositions = struct {
+		sync.Mutex
+		m map[realtime.Room]realtime.Position
+	}{m: map[realtime.Room]realtime.Position{}}
+)
 
 // timedHandler is the hub as the bus's handler, timing the resubscribe
 // calls the bus reader makes.
