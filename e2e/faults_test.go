@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -307,38 +306,73 @@ func (r *rig) redisClient(t *testing.T) *redis.Client {
 	return c
 }
 
-// roomSeqs returns the last offset Redis handed out in each fault room.
-func roomSeqs(ctx context.Context, t *testing.T, rdb *redis.Client) map[string]int64 {
+// faultRowsAfter counts the rows of each fault room with an id above after,
+// and returns the highest id (after when there is none).
+func faultRowsAfter(ctx context.Context, t *testing.T, db *pgx.Conn, after int64) (map[string]int, int64) {
 	t.Helper()
-	out := map[string]int64{}
-	for _, room := range faultRooms {
-		n, err := rdb.Get(ctx, "rowcast:{"+room+"}:seq").Int64()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			t.Fatalf("sequence of room %s: %v", room, err)
-		}
-		out[room] = n
+	rows, err := db.Query(ctx, `SELECT room, count(*), max(id) FROM chat_message WHERE author = 'fault' AND id > $1 GROUP BY room`, after)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	defer rows.Close()
+	counts, top := map[string]int{}, after
+	for rows.Next() {
+		var (
+			room  string
+			n, id int64
+		)
+		if err := rows.Scan(&room, &n, &id); err != nil {
+			t.Fatal(err)
+		}
+		counts[room], top = int(n), max(top, id)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return counts, top
 }
 
-// waitRoomSeqs waits until every fault room's offset reached its value in
-// want.
-func waitRoomSeqs(ctx context.Context, t *testing.T, rdb *redis.Client, want map[string]int64) {
+// waitFaultRows waits until every fault room has n rows with an id above
+// after, and returns the highest id then.
+func waitFaultRows(ctx context.Context, t *testing.T, db *pgx.Conn, after int64, n int) int64 {
 	t.Helper()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		got := roomSeqs(ctx, t, rdb)
-		done := true
-		for room, n := range want {
-			done = done && got[room] >= n
+		counts, top := faultRowsAfter(ctx, t, db, after)
+		enough := true
+		for _, room := range faultRooms {
+			enough = enough && counts[room] >= n
 		}
-		if done {
+		if enough {
+			return top
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("inserts stalled: %v rows after id %d, want %d per room", counts, after, n)
+		case <-tick.C:
+		}
+	}
+}
+
+// waitPublished waits until the listener published every chat_message row
+// up to id upTo.
+func waitPublished(ctx context.Context, t *testing.T, db *pgx.Conn, upTo int64) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var pending bool
+		if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM rowcast.outbox
+			WHERE table_name = 'public.chat_message' AND (row_data->>'id')::bigint <= $1)`, upTo).Scan(&pending); err != nil {
+			t.Fatalf("outbox: %v", err)
+		}
+		if !pending {
 			return
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("room sequences stayed at %v, want %v", got, want)
+			t.Fatalf("rows up to id %d were never published", upTo)
 		case <-tick.C:
 		}
 	}
@@ -549,12 +583,17 @@ func TestFaults(t *testing.T) {
 		// the rows published after the restart, or a reset, never silence.
 		// Whether the edge or the listener reaches the restarted Redis first
 		// is a race; the edge is held off (restarted) until the listener has
-		// published past the lost position, so that the clients resume from
-		// ids the restarted Redis hands out again.
+		// published more rows than the snapshot lacks, so that the clients
+		// resume from positions the restarted Redis has handed out again.
 		{name: "redis restarted from an older snapshot", mayReset: true,
 			redisArgs: []string{"--save", "3600", "1"},
 			inject: func(ctx context.Context, t *testing.T, r *rig) {
 				rdb := r.redisClient(t)
+				db, err := pgx.Connect(ctx, r.s.pgURL)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close(context.Background())
 				if err := rdb.Set(ctx, "fault:in-snapshot", "1", 0).Err(); err != nil {
 					t.Fatal(err)
 				}
@@ -564,17 +603,14 @@ func TestFaults(t *testing.T) {
 				if err := rdb.Set(ctx, "fault:after-snapshot", "1", 0).Err(); err != nil {
 					t.Fatal(err)
 				}
+				_, saved := faultRowsAfter(ctx, t, db, 0)
 				// A few seconds of rows that the snapshot does not hold (the
 				// inserter commits about 125 a second per room).
-				later := roomSeqs(ctx, t, rdb)
-				for room := range later {
-					later[room] += 250
-				}
-				waitRoomSeqs(ctx, t, rdb, later)
+				waitFaultRows(ctx, t, db, saved, 250)
 				if err := r.app.Stop(syscall.SIGTERM); err != nil {
 					t.Fatalf("app exit after SIGTERM: %v", err)
 				}
-				lost := roomSeqs(ctx, t, rdb)
+				missing, stopped := faultRowsAfter(ctx, t, db, saved)
 				// Stop without saving again (the connection closes, so the
 				// reply is an error or nothing); Stop waits for the exit.
 				_ = rdb.ShutdownNoSave(ctx).Err()
@@ -587,8 +623,15 @@ func TestFaults(t *testing.T) {
 				if n, err := rdb.Exists(ctx, "fault:in-snapshot", "fault:after-snapshot").Result(); err != nil || n != 1 {
 					t.Fatalf("redis did not come back from the snapshot: %d of the markers before and after it exist (%v), want 1", n, err)
 				}
-				t.Logf("room sequences before the restart %v, from the snapshot %v", lost, roomSeqs(ctx, t, rdb))
-				waitRoomSeqs(ctx, t, rdb, lost)
+				// Published past the lost rows (plus a margin for rows
+				// committed before the SAVE but published after it).
+				most := 0
+				for _, n := range missing {
+					most = max(most, n)
+				}
+				upTo := waitFaultRows(ctx, t, db, stopped, most+50)
+				waitPublished(ctx, t, db, upTo)
+				t.Logf("the snapshot lacks the rows after id %d (%v per room); published up to id %d before the app came back", saved, missing, upTo)
 				r.app, _ = startAppAt(ctx, t, r.s, r.appAddr, r.appEnv...)
 			}},
 		// Append-only file synced every second, SIGKILL under load: Redis
