@@ -401,7 +401,7 @@ func (r *rig) evictRoomSeq(ctx context.Context, t *testing.T) {
 	const (
 		rowBytes   = 8 << 10
 		batchRows  = 20
-		maxBatches = 400 // 64 MB of padding, far more than maxmemory
+		maxBatches = 200 // 32 MB of padding, far more than maxmemory
 	)
 	var faultKeys []string
 	for batch := 0; ; batch++ {
