@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,9 +14,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/rowcast/rowcast/e2e/proc"
 	"github.com/rowcast/rowcast/e2e/wire"
+	"github.com/rowcast/rowcast/internal/testenv"
 )
 
 // faultRooms are the rooms the fault tests write to.
@@ -32,9 +36,11 @@ type rig struct {
 	appEnv    []string
 }
 
-func newRig(ctx context.Context, t *testing.T, listenerEnv ...string) *rig {
+// newRig starts the rig; redisArgs go to redis-server's command line (see
+// testenv.WithArgs).
+func newRig(ctx context.Context, t *testing.T, redisArgs []string, listenerEnv ...string) *rig {
 	t.Helper()
-	r := &rig{s: startStack(ctx, t), appEnv: []string{"ROWCAST_REDIS_PROBE_INTERVAL=300ms", "ROWCAST_DRAIN_TIMEOUT=1s"}}
+	r := &rig{s: startStack(ctx, t, testenv.RedisOptions(testenv.WithArgs(redisArgs...))), appEnv: []string{"ROWCAST_REDIS_PROBE_INTERVAL=300ms", "ROWCAST_DRAIN_TIMEOUT=1s"}}
 	r.listeners = append(r.listeners, startListener(ctx, t, r.s, listenerEnv...))
 	standby := startProc(t, "listener-2", bins.listener, r.s.env(append([]string{"HEALTH_ADDR=127.0.0.1:0", "ROWCAST_POLL_INTERVAL=500ms"}, listenerEnv...)...))
 	if _, err := standby.WaitLog(ctx, "standing by"); err != nil {
@@ -145,13 +151,16 @@ func committed(ctx context.Context, t *testing.T, url string) map[string][]strin
 }
 
 // tally compares what a subscriber received with what was committed.
+// A lost row is silent when the subscriber got no reset for its room: the
+// client was never told that it misses something.
 type tally struct {
 	expected, delivered, lost, dups int
-	outOfOrder                      int
+	silent, outOfOrder              int
 }
 
 func count(sub *wire.Subscriber, want map[string][]string) tally {
 	var tl tally
+	resets := sub.Resets()
 	got := map[string][]string{}
 	seen := map[string]bool{}
 	for _, ev := range sub.Events() {
@@ -170,17 +179,21 @@ func count(sub *wire.Subscriber, want map[string][]string) tally {
 		for i, b := range w {
 			pos[b] = i
 		}
-		prev := -1
+		prev, delivered := -1, 0
 		for _, b := range got[room] {
 			i, ok := pos[b]
 			if !ok {
 				continue
 			}
-			tl.delivered++
+			delivered++
 			if i < prev {
 				tl.outOfOrder++
 			}
 			prev = i
+		}
+		tl.delivered += delivered
+		if resets[room] == 0 {
+			tl.silent += len(w) - delivered
 		}
 	}
 	tl.lost = tl.expected - tl.delivered
@@ -190,16 +203,28 @@ func count(sub *wire.Subscriber, want map[string][]string) tally {
 // waitProgress waits until every subscriber received n more events.
 func (r *rig) waitProgress(ctx context.Context, t *testing.T, n int, when string) {
 	t.Helper()
-	for _, sub := range r.subs {
-		target := sub.Count() + n
-		for sub.Count() < target {
+	if err := r.progress(ctx, n); err != nil {
+		t.Fatalf("%s: %v", when, err)
+	}
+}
+
+// progress waits until every subscriber received n more events than it had
+// at the call, or ctx ends.
+func (r *rig) progress(ctx context.Context, n int) error {
+	targets := make([]int, len(r.subs))
+	for i, sub := range r.subs {
+		targets[i] = sub.Count() + n
+	}
+	for i, sub := range r.subs {
+		for sub.Count() < targets[i] {
 			select {
 			case <-sub.Changed():
 			case <-ctx.Done():
-				t.Fatalf("%s: a %s subscriber of %v got no events (%d of %d)", when, sub.Transport, sub.Rooms, sub.Count(), target)
+				return fmt.Errorf("a %s subscriber of %v got no events (%d of %d)", sub.Transport, sub.Rooms, sub.Count(), targets[i])
 			}
 		}
 	}
+	return nil
 }
 
 // waitAll waits until every subscriber received the last committed row of
@@ -263,10 +288,206 @@ func listenerHealth(ctx context.Context, t *testing.T, p *proc.Process) string {
 	return "http://" + strings.TrimSpace(addr)
 }
 
+// aofEverySec switches on Redis persistence as production runs it: an
+// append-only file synced once a second.
+var aofEverySec = []string{"--appendonly", "yes", "--appendfsync", "everysec"}
+
+// redisClient returns a client of the rig's Redis for the test's own
+// commands, closed when the test ends.
+func (r *rig) redisClient(t *testing.T) *redis.Client {
+	t.Helper()
+	opt, err := redis.ParseURL(r.s.redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.ContextTimeoutEnabled = true
+	c := redis.NewClient(opt)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// faultRowsAfter counts the rows of each fault room with an id above after,
+// and returns the highest id (after when there is none).
+func faultRowsAfter(ctx context.Context, t *testing.T, db *pgx.Conn, after int64) (map[string]int, int64) {
+	t.Helper()
+	rows, err := db.Query(ctx, `SELECT room, count(*), max(id) FROM chat_message WHERE author = 'fault' AND id > $1 GROUP BY room`, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	counts, top := map[string]int{}, after
+	for rows.Next() {
+		var (
+			room  string
+			n, id int64
+		)
+		if err := rows.Scan(&room, &n, &id); err != nil {
+			t.Fatal(err)
+		}
+		counts[room], top = int(n), max(top, id)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return counts, top
+}
+
+// waitFaultRows waits until every fault room has n rows with an id above
+// after, and returns the highest id then.
+func waitFaultRows(ctx context.Context, t *testing.T, db *pgx.Conn, after int64, n int) int64 {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		counts, top := faultRowsAfter(ctx, t, db, after)
+		enough := true
+		for _, room := range faultRooms {
+			enough = enough && counts[room] >= n
+		}
+		if enough {
+			return top
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("inserts stalled: %v rows after id %d, want %d per room", counts, after, n)
+		case <-tick.C:
+		}
+	}
+}
+
+// waitPublished waits until the listener published every chat_message row
+// up to id upTo.
+func waitPublished(ctx context.Context, t *testing.T, db *pgx.Conn, upTo int64) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var pending bool
+		if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM rowcast.outbox
+			WHERE table_name = 'public.chat_message' AND (row_data->>'id')::bigint <= $1)`, upTo).Scan(&pending); err != nil {
+			t.Fatalf("outbox: %v", err)
+		}
+		if !pending {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("rows up to id %d were never published", upTo)
+		case <-tick.C:
+		}
+	}
+}
+
+// evictRoomSeq commits large rows in padding rooms, one batch at a time,
+// until Redis evicts the sequence key of a fault room. Redis must run with a
+// small maxmemory, an evicting policy and keyspace notifications for
+// evictions ("Ee"). The keys of fault rooms evicted on the way and the
+// evicted_keys figure of INFO stats are logged.
+func (r *rig) evictRoomSeq(ctx context.Context, t *testing.T) {
+	t.Helper()
+	rdb := r.redisClient(t)
+	ps := rdb.Subscribe(ctx, "__keyevent@0__:evicted")
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatalf("subscribe to eviction notifications: %v", err)
+	}
+	evicted := ps.Channel()
+
+	db, err := pgx.Connect(ctx, r.s.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	const (
+		rowBytes   = 8 << 10
+		batchRows  = 20
+		maxBatches = 200 // 32 MB of padding, far more than maxmemory
+	)
+	var faultKeys []string
+	for batch := 0; ; batch++ {
+		if batch == maxBatches {
+			t.Fatalf("no sequence key of rooms %v evicted after %d MB of padding rows (evicted: %v)",
+				faultRooms, batch*batchRows*rowBytes>>20, faultKeys)
+		}
+		if _, err := db.Exec(ctx, `INSERT INTO chat_message (room, author, body)
+			SELECT 'pad-' || (g % 2), 'pad', repeat('x', $1) FROM generate_series(1, $2) g`, rowBytes, batchRows); err != nil {
+			t.Fatalf("padding rows: %v", err)
+		}
+		published := waitOutboxHasNo(ctx, db, "pad-%", 10*time.Second)
+		for drained := false; !drained; {
+			select {
+			case m := <-evicted:
+				for _, room := range faultRooms {
+					if strings.HasPrefix(m.Payload, "rowcast:{"+room+"}:") {
+						faultKeys = append(faultKeys, m.Payload)
+					}
+				}
+			default:
+				drained = true
+			}
+		}
+		if published != nil {
+			// The listener is stuck: the tally shows what this costs.
+			t.Logf("padding stopped after %d batches: %v", batch+1, published)
+			break
+		}
+		if slices.ContainsFunc(faultKeys, func(k string) bool { return strings.HasSuffix(k, ":seq") }) {
+			break
+		}
+	}
+	info, err := rdb.Info(ctx, "stats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := infoInt(info, "evicted_keys")
+	if n <= 0 {
+		t.Fatalf("INFO stats evicted_keys = %d after evictions were notified", n)
+	}
+	t.Logf("redis evicted %d keys; of the fault rooms: %v", n, faultKeys)
+}
+
+// waitOutboxHasNo waits until the listener published every outbox row of
+// the rooms matching the LIKE pattern, at most for within.
+func waitOutboxHasNo(ctx context.Context, db *pgx.Conn, rooms string, within time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var pending bool
+		err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM rowcast.outbox WHERE room LIKE $1)`, rooms).Scan(&pending)
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("outbox: %w", err)
+		}
+		if err == nil && !pending {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("outbox rows of rooms %s not published within %s", rooms, within)
+		case <-tick.C:
+		}
+	}
+}
+
+// infoInt reads an integer field of an INFO reply (-1 when missing).
+func infoInt(info, field string) int64 {
+	for line := range strings.SplitSeq(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return -1
+			}
+			return n
+		}
+	}
+	return -1
+}
+
 type faultRow struct {
 	fault                                 string
 	rows, expected, delivered, lost, dups int
-	resets                                int
+	silent, resets                        int
 }
 
 func TestFaults(t *testing.T) {
@@ -277,6 +498,7 @@ func TestFaults(t *testing.T) {
 		name        string
 		mayReset    bool // history may be lost: then clients must be told
 		mustReset   bool // history is certainly lost: clients must be told
+		redisArgs   []string
 		listenerEnv []string
 		inject      func(ctx context.Context, t *testing.T, r *rig)
 	}{
@@ -356,6 +578,98 @@ func TestFaults(t *testing.T) {
 				}
 				r.app, _ = startAppAt(ctx, t, r.s, r.appAddr, r.appEnv...)
 			}},
+		// Redis comes back from a snapshot taken seconds earlier, without the
+		// rows published since: Postgres is the record, so clients must get
+		// the rows published after the restart, or a reset, never silence.
+		// Whether the edge or the listener reaches the restarted Redis first
+		// is a race; the edge is held off (restarted) until the listener has
+		// published more rows than the snapshot lacks, so that the clients
+		// resume from positions the restarted Redis has handed out again.
+		{name: "redis restarted from an older snapshot", mayReset: true,
+			redisArgs: []string{"--save", "3600", "1"},
+			inject: func(ctx context.Context, t *testing.T, r *rig) {
+				rdb := r.redisClient(t)
+				db, err := pgx.Connect(ctx, r.s.pgURL)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close(context.Background())
+				if err := rdb.Set(ctx, "fault:in-snapshot", "1", 0).Err(); err != nil {
+					t.Fatal(err)
+				}
+				if err := rdb.Save(ctx).Err(); err != nil {
+					t.Fatalf("SAVE: %v", err)
+				}
+				if err := rdb.Set(ctx, "fault:after-snapshot", "1", 0).Err(); err != nil {
+					t.Fatal(err)
+				}
+				_, saved := faultRowsAfter(ctx, t, db, 0)
+				// A few seconds of rows that the snapshot does not hold (the
+				// inserter commits about 125 a second per room).
+				waitFaultRows(ctx, t, db, saved, 250)
+				if err := r.app.Stop(syscall.SIGTERM); err != nil {
+					t.Fatalf("app exit after SIGTERM: %v", err)
+				}
+				missing, stopped := faultRowsAfter(ctx, t, db, saved)
+				// Stop without saving again (the connection closes, so the
+				// reply is an error or nothing); Stop waits for the exit.
+				_ = rdb.ShutdownNoSave(ctx).Err()
+				if err := r.s.Redis.Stop(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if err := r.s.Redis.Start(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if n, err := rdb.Exists(ctx, "fault:in-snapshot", "fault:after-snapshot").Result(); err != nil || n != 1 {
+					t.Fatalf("redis did not come back from the snapshot: %d of the markers before and after it exist (%v), want 1", n, err)
+				}
+				// Published past the lost rows (plus a margin for rows
+				// committed before the SAVE but published after it).
+				most := 0
+				for _, n := range missing {
+					most = max(most, n)
+				}
+				upTo := waitFaultRows(ctx, t, db, stopped, most+50)
+				waitPublished(ctx, t, db, upTo)
+				t.Logf("the snapshot lacks the rows after id %d (%v per room); published up to id %d before the app came back", saved, missing, upTo)
+				r.app, _ = startAppAt(ctx, t, r.s, r.appAddr, r.appEnv...)
+			}},
+		// Append-only file synced every second, SIGKILL under load: Redis
+		// comes back with what reached the file.
+		{name: "redis AOF everysec, kill -9, restart", mayReset: true,
+			redisArgs: aofEverySec,
+			inject: func(ctx context.Context, t *testing.T, r *rig) {
+				rdb := r.redisClient(t)
+				if err := rdb.Set(ctx, "fault:before-kill", "1", 0).Err(); err != nil {
+					t.Fatal(err)
+				}
+				if err := r.s.Redis.Kill(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if err := r.s.Redis.Start(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if n, err := rdb.Exists(ctx, "fault:before-kill").Result(); err != nil || n != 1 {
+					t.Fatalf("redis did not load its append-only file: marker exists %d (%v)", n, err)
+				}
+			}},
+		{name: "FLUSHALL under load", mayReset: true,
+			redisArgs: aofEverySec,
+			inject: func(ctx context.Context, t *testing.T, r *rig) {
+				if err := r.redisClient(t).FlushAll(ctx).Err(); err != nil {
+					t.Fatalf("FLUSHALL: %v", err)
+				}
+			}},
+		// A Redis too small for its data evicts random keys (every rowcast
+		// key has a TTL, so volatile policies would pick them too). Padding
+		// rows in other rooms fill it until the sequence key of a fault room
+		// goes, the key whose loss would hand out its ids again.
+		{name: "some rooms' keys evicted (maxmemory)", mayReset: true,
+			redisArgs: append(append([]string(nil), aofEverySec...),
+				"--maxmemory", "4mb", "--maxmemory-policy", "allkeys-random", "--notify-keyspace-events", "Ee"),
+			inject: func(ctx context.Context, t *testing.T, r *rig) {
+				r.evictRoomSeq(ctx, t)
+			}},
 	}
 
 	var (
@@ -366,14 +680,23 @@ func TestFaults(t *testing.T) {
 		t.Run(strings.ReplaceAll(f.name, " ", "_"), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			r := newRig(ctx, t, f.listenerEnv...)
+			r := newRig(ctx, t, f.redisArgs, f.listenerEnv...)
 			in := startInserter(ctx, r.s.pgURL)
 			r.waitProgress(ctx, t, 20, "before the fault")
 			f.inject(ctx, t, r)
-			r.waitProgress(ctx, t, 20, "after the fault")
+			// A system that stopped delivering fails here, but the row still
+			// shows what was lost.
+			pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
+			err := r.progress(pctx, 20)
+			pcancel()
+			if err != nil {
+				t.Errorf("after the fault: %v", err)
+			}
 			in.finish()
 			want := committed(ctx, t, r.s.pgURL)
-			r.waitAll(ctx, want)
+			if err == nil {
+				r.waitAll(ctx, want)
+			}
 
 			row := faultRow{fault: f.name, rows: len(want[faultRooms[0]]) + len(want[faultRooms[1]])}
 			for _, sub := range r.subs {
@@ -386,8 +709,13 @@ func TestFaults(t *testing.T) {
 				row.delivered += tl.delivered
 				row.lost += tl.lost
 				row.dups += tl.dups
+				row.silent += tl.silent
 				row.resets += resets
-				if tl.lost > 0 && !(f.mayReset && resets > 0) {
+				switch {
+				case tl.silent > 0:
+					t.Errorf("%s subscriber %v silently lost %d of %d rows: no reset for their room (lost %d, resets %d, connections %d, controls %s)",
+						sub.Transport, sub.Rooms, tl.silent, tl.expected, tl.lost, resets, sub.Connects(), describeControls(sub.Controls()))
+				case tl.lost > 0 && !(f.mayReset && resets > 0):
 					t.Errorf("%s subscriber %v lost %d of %d rows (resets %d, connections %d, controls %s)",
 						sub.Transport, sub.Rooms, tl.lost, tl.expected, resets, sub.Connects(), describeControls(sub.Controls()))
 				}
@@ -413,9 +741,9 @@ func TestFaults(t *testing.T) {
 
 func faultTable(rows []faultRow) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-42s %6s %9s %9s %5s %5s %6s\n", "fault", "rows", "expected", "delivered", "lost", "dups", "resets")
+	fmt.Fprintf(&b, "%-42s %6s %9s %9s %5s %5s %6s %6s\n", "fault", "rows", "expected", "delivered", "lost", "dups", "silent", "resets")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "%-42s %6d %9d %9d %5d %5d %6d\n", r.fault, r.rows, r.expected, r.delivered, r.lost, r.dups, r.resets)
+		fmt.Fprintf(&b, "%-42s %6d %9d %9d %5d %5d %6d %6d\n", r.fault, r.rows, r.expected, r.delivered, r.lost, r.dups, r.silent, r.resets)
 	}
 	return b.String()
 }

@@ -100,9 +100,9 @@ type Stack struct {
 }
 
 // StartStack starts PostgreSQL and Redis in parallel and registers their
-// removal with t.Cleanup. It returns an error (naming each server that
-// failed) rather than failing t, so that it can be called from any
-// goroutine; the caller decides how to fail.
+// removal with t.Cleanup. It returns an error naming each server that
+// failed rather than failing t: the caller decides how to fail (a benchmark
+// main, for one, has no test to fail).
 //
 //	s, err := testenv.StartStack(ctx, t,
 //		testenv.RedisOptions(testenv.WithArgs("--appendonly", "yes")))
@@ -112,7 +112,7 @@ type Stack struct {
 //	db, err := pgx.Connect(ctx, s.PostgresURL) // redis.ParseURL(s.RedisURL) likewise
 func StartStack(ctx context.Context, t testing.TB, opts ...StackOption) (*Stack, error) {
 	t.Helper()
-	o := stackOptions{topology: Single}
+	var o stackOptions
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -159,7 +159,8 @@ func StartStack(ctx context.Context, t testing.TB, opts ...StackOption) (*Stack,
 }
 
 // startRedis starts the Redis side of the stack in its topology and sets
-// RedisURL (and Redis for Single).
+// RedisURL (and Redis for Single). A new topology adds its case here and in
+// StartStack's check.
 func (s *Stack) startRedis(ctx context.Context, t testing.TB, opts []Option) error {
 	switch s.Topology {
 	case Single:
