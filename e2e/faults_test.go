@@ -713,11 +713,11 @@ func TestFaults(t *testing.T) {
 				row.resets += resets
 				switch {
 				case tl.silent > 0:
-					t.Errorf("%s subscriber %v silently lost %d of %d rows: no reset for their room (lost %d, resets %d, connections %d, controls %s)",
-						sub.Transport, sub.Rooms, tl.silent, tl.expected, tl.lost, resets, sub.Connects(), describeControls(sub.Controls()))
+					t.Errorf("%s subscriber %v silently lost %d of %d rows: no reset for their room (lost %d, resets %d, connections %s, controls %s)",
+						sub.Transport, sub.Rooms, tl.silent, tl.expected, tl.lost, resets, fmt.Sprintf("%d %q", sub.Connects(), sub.Ends()), describeControls(sub.Controls()))
 				case tl.lost > 0 && !(f.mayReset && resets > 0):
-					t.Errorf("%s subscriber %v lost %d of %d rows (resets %d, connections %d, controls %s)",
-						sub.Transport, sub.Rooms, tl.lost, tl.expected, resets, sub.Connects(), describeControls(sub.Controls()))
+					t.Errorf("%s subscriber %v lost %d of %d rows (resets %d, connections %s, controls %s)",
+						sub.Transport, sub.Rooms, tl.lost, tl.expected, resets, fmt.Sprintf("%d %q", sub.Connects(), sub.Ends()), describeControls(sub.Controls()))
 				}
 				if tl.dups > 0 {
 					t.Errorf("%s subscriber %v got %d duplicates", sub.Transport, sub.Rooms, tl.dups)

@@ -3,6 +3,7 @@ package wire
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +29,7 @@ type Subscriber struct {
 	resets    map[string]int
 	controls  []Control
 	connects  int
+	ends      []string      // why each connection ended, for failure messages
 	subscribe chan struct{} // closed once every room was first confirmed
 	changed   chan struct{} // signalled on every event
 }
@@ -53,6 +55,9 @@ func (s *Subscriber) Run(ctx context.Context) {
 			s.read(ctx, conn, first)
 			first = false
 			conn.Close()
+			s.mu.Lock()
+			s.ends = append(s.ends, fmt.Sprint(conn.Err()))
+			s.mu.Unlock()
 		}
 		select {
 		case <-ctx.Done():
@@ -165,6 +170,14 @@ func (s *Subscriber) Controls() []Control {
 }
 
 // Connects returns how many times the subscriber connected.
+// Ends returns why each connection ended (its error, or <nil>).
+func (s *Subscriber) Ends() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.ends...)
+}
+
+// Connects returns how many connections were made.
 func (s *Subscriber) Connects() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
