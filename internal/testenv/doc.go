@@ -1,12 +1,13 @@
 // Package testenv starts the real servers that integration and e2e tests run
 // against: PostgreSQL 15 and Redis 7, each in its own container started with
-// testcontainers-go.
+// testcontainers-go. StartStack is the one entry tests use: it starts both in
+// parallel, with Redis as one server, a Sentinel group or a Cluster.
 //
-//	pg, err := testenv.StartPostgres(ctx, t)
+//	s, err := testenv.StartStack(ctx, t, testenv.RedisOptions(testenv.WithArgs("--appendonly", "yes")))
 //	if err != nil {
 //		t.Fatal(err)
 //	}
-//	url, err := pg.URL(ctx) // postgres://rowcast:rowcast@127.0.0.1:PORT/rowcast?sslmode=disable
+//	db, err := pgx.Connect(ctx, s.PostgresURL) // and redis.ParseURL(s.RedisURL)
 //
 // # Images
 //
@@ -30,8 +31,10 @@
 // # Faults
 //
 // Postgres and Redis have Stop/Start (the server goes away and comes back;
-// Redis data is lost because persistence is off, PostgreSQL data is kept) and
-// Pause/Unpause (the processes freeze: connections hang instead of failing).
+// Redis keeps only what its persistence settings kept, none by default;
+// PostgreSQL data is kept), Kill (SIGKILL, nothing flushed) and Pause/Unpause
+// (the processes freeze: connections hang instead of failing). WithArgs
+// passes server flags, e.g. to switch Redis persistence on.
 // NewNetwork plus WithNetwork attach containers to a user-defined network
 // under DNS aliases, for tests that run more containers next to them.
 //
