@@ -46,7 +46,7 @@ for i = 6, #ARGV, 2 do
     local off = redis.call('INCR', KEYS[2])
     local msg = '{"id":"' .. epoch .. '-' .. off .. '"' .. ARGV[i+1]
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], off .. '-0', 'e', msg)
-    redis.call('PUBLISH', ARGV[5], msg)
+    redis.call('SPUBLISH', ARGV[5], msg)
     n = n + 1
   end
 end
