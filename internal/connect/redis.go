@@ -2,11 +2,14 @@ package connect
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -170,30 +173,45 @@ func Redis(url string) (redis.UniversalClient, error) {
 
 // Client returns a new client: a *redis.Client for one server and for
 // Sentinel (which follows the current primary), a *redis.ClusterClient for
-// a Cluster. Every connection gets the package's dialer and timeouts. The
+// a Cluster. Every connection gets the package's dialer (TLS for rediss),
+// keepalives and 5 s read and write timeouts, and one dial attempt (go-redis
+// would try 5 times, up to 25 s against a dead node; rowcast's loops retry
+// with backoff themselves). A TCP connect is given 5 s on one server, where
+// there is nowhere else to go, and 1 s with Sentinel and Cluster, where a
+// node that does not answer is dead and the others must be asked soon. The
 // caller closes it.
 func (c *RedisConfig) Client() redis.UniversalClient {
-	dial := c.dial
+	const rw = 5 * time.Second
 	switch c.Topology {
 	case Sentinel:
 		o := *c.failover
-		o.Dialer = dial
-		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 5*time.Second, 5*time.Second, 5*time.Second
-		o.MaxRetries = 1
+		d := c.dialer(time.Second, o.TLSConfig)
+		o.TLSConfig = nil // the dialer does the handshake
+		o.Dialer, o.DialTimeout, o.ReadTimeout, o.WriteTimeout = d, time.Second, rw, rw
+		o.MaxRetries, o.DialerRetries = 1, 1
 		o.ContextTimeoutEnabled = true
 		return redis.NewFailoverClient(&o)
 	case Cluster:
 		o := *c.cluster
-		o.Dialer = dial
-		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 5*time.Second, 5*time.Second, 5*time.Second
-		o.MaxRetries = 1
+		d := c.dialer(time.Second, o.TLSConfig)
+		o.TLSConfig = nil
+		o.Dialer, o.DialTimeout, o.ReadTimeout, o.WriteTimeout = d, time.Second, rw, rw
+		o.MaxRetries, o.DialerRetries = 1, 1
 		o.ContextTimeoutEnabled = true
-		return redis.NewClusterClient(&o)
+		// go-redis re-reads the slot map on MOVED, and otherwise only every
+		// 60 s: after a master dies, commands for its slots would keep
+		// dialling it for a minute. Re-read it whenever a node fails, and
+		// every 5 s while in use.
+		o.ClusterStateReloadInterval = 5 * time.Second
+		cc := redis.NewClusterClient(&o)
+		cc.OnNewNode(func(n *redis.Client) { n.AddHook(reloadOnFailure{cc}) })
+		return cc
 	default:
 		o := *c.single
-		o.Dialer = dial
-		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 5*time.Second, 5*time.Second, 5*time.Second
-		o.MaxRetries = 1
+		d := c.dialer(5*time.Second, o.TLSConfig)
+		o.TLSConfig = nil
+		o.Dialer, o.DialTimeout, o.ReadTimeout, o.WriteTimeout = d, 5*time.Second, rw, rw
+		o.MaxRetries, o.DialerRetries = 1, 1
 		// Let a context deadline bound a command: a frozen Redis must not
 		// hold a probe or a publish for the full read timeout.
 		o.ContextTimeoutEnabled = true
@@ -201,11 +219,77 @@ func (c *RedisConfig) Client() redis.UniversalClient {
 	}
 }
 
-func (c *RedisConfig) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	if to, ok := c.AddrMap[addr]; ok {
-		addr = to
+// dialer returns the dial function: the package's keepalives, the address
+// map, and the TLS handshake when tlsConfig is set (go-redis only does TLS
+// itself when it dials).
+func (c *RedisConfig) dialer(timeout time.Duration, tlsConfig *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := dialer
+	d.Timeout = timeout
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		announced := addr
+		if to, ok := c.AddrMap[addr]; ok {
+			addr = to
+		}
+		conn, err := d.DialContext(ctx, network, addr)
+		if err != nil || tlsConfig == nil {
+			return conn, err
+		}
+		cfg := tlsConfig
+		if cfg.ServerName == "" {
+			// The name the node is known by, also when dialled through
+			// the address map.
+			cfg = cfg.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(announced)
+		}
+		tc := tls.Client(conn, cfg)
+		hctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		if err := tc.HandshakeContext(hctx); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
+		}
+		return tc, nil
 	}
-	return dialer.DialContext(ctx, network, addr)
+}
+
+// reloadOnFailure asks a ClusterClient to re-read the slot map when one of
+// its nodes cannot be dialled or its connection breaks: the node may have
+// died and its replica taken over.
+type reloadOnFailure struct{ cc *redis.ClusterClient }
+
+func (h reloadOnFailure) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := next(ctx, network, addr)
+		if err != nil {
+			h.cc.ReloadState(ctx)
+		}
+		return conn, err
+	}
+}
+
+func (h reloadOnFailure) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		h.check(err)
+		return err
+	}
+}
+
+func (h reloadOnFailure) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		h.check(err)
+		return err
+	}
+}
+
+// check reloads after a network error (not after a Redis error reply,
+// which go-redis handles itself).
+func (h reloadOnFailure) check(err error) {
+	var ne net.Error
+	if err != nil && (errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		h.cc.ReloadState(context.Background())
+	}
 }
 
 // redact drops the URL (which may hold a password) from a parse error.

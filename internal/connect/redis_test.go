@@ -1,8 +1,12 @@
 package connect
 
 import (
+	"context"
+	"crypto/tls"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -74,8 +78,8 @@ func TestParseRedisTopologies(t *testing.T) {
 		if !ok {
 			t.Fatalf("client is %T", rdb)
 		}
-		// The same timeouts for every topology.
-		if opt := cc.Options(); opt.DialTimeout.Seconds() != 5 || !opt.ContextTimeoutEnabled || opt.MaxRetries != 1 || opt.Dialer == nil {
+		// The same timeouts for every topology, but a shorter connect.
+		if opt := cc.Options(); opt.DialTimeout.Seconds() != 1 || opt.ReadTimeout.Seconds() != 5 || !opt.ContextTimeoutEnabled || opt.MaxRetries != 1 || opt.DialerRetries != 1 || opt.Dialer == nil {
 			t.Fatalf("options %+v", opt)
 		}
 	})
@@ -145,5 +149,43 @@ func TestRedisSettingsFromEnv(t *testing.T) {
 	}
 	if _, _, err := read(map[string]string{"REDIS_URL": "redis+sentinel://s:26379"}); err == nil || !strings.Contains(err.Error(), "REDIS_URL: a redis+sentinel URL needs") {
 		t.Errorf("missing master_name: %v", err)
+	}
+}
+
+// TestRedissDoesTLS dials a rediss URL: the TLS handshake happens although
+// the package supplies its own dialer (go-redis only adds TLS to its own).
+func TestRedissDoesTLS(t *testing.T) {
+	srv := httptest.NewUnstartedServer(nil)
+	srv.StartTLS()
+	defer srv.Close()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", srv.TLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	handshook := make(chan error, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			handshook <- err
+			return
+		}
+		defer conn.Close()
+		handshook <- conn.(*tls.Conn).Handshake()
+	}()
+	for _, u := range []string{
+		"rediss://" + ln.Addr().String() + "/0?skip_verify=true",
+	} {
+		c, err := Redis(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = c.Ping(ctx).Err() // the server speaks no Redis; only the handshake counts
+		cancel()
+		c.Close()
+		if err := <-handshook; err != nil {
+			t.Fatalf("%s: no TLS handshake: %v", u, err)
+		}
 	}
 }

@@ -503,9 +503,10 @@ func movedSlot(err error) (int, bool) {
 }
 
 // followTopology keeps one shard per Cluster master and every wanted room
-// on the shard of its slot's master, re-reading the slot map when a shard
-// fails, a slot leaves a master, or a room waits to be placed; and every
-// 30 s in any case.
+// on the shard of its slot's master. It re-reads the slot map when a shard
+// fails, a slot leaves a master, or a room waits to be placed; again and
+// again (backing off) while a shard is down, since a failover shows in the
+// slot map only seconds after the master died; and every 30 s in any case.
 func (b *Bus) followTopology(ctx context.Context) {
 	const minInterval = 100 * time.Millisecond
 	backoff := minInterval
@@ -529,6 +530,10 @@ func (b *Bus) followTopology(ctx context.Context) {
 				b.log.Error("redis cluster slot map failed; retrying", "err", err)
 				failing = true
 			}
+			backoff = min(2*backoff, b.opts.MaxBackoff)
+			b.refresh()
+		case !b.Connected():
+			// Wait for the failover (or the network) with a growing pause.
 			backoff = min(2*backoff, b.opts.MaxBackoff)
 			b.refresh()
 		default:
