@@ -40,15 +40,17 @@ type Options struct {
 // connection for the whole process; on a Redis Cluster one per master, each
 // carrying the rooms whose slot that master serves, and it follows failovers
 // and slot moves on its own. All methods may be called concurrently.
+//
+// Each subscription connection has its own reader goroutine, so on a
+// Cluster the handler is called from one goroutine per master (the Hub
+// locks per room): a slow catch-up of one shard's rooms does not hold up
+// the others'. A room is delivered by one connection at a time, except for
+// the moment its slot moves, when the Hub drops the duplicates by id.
 type Bus struct {
 	client  redis.UniversalClient
 	cluster *redis.ClusterClient // nil outside a Cluster
 	opts    Options
 	log     *slog.Logger
-
-	// deliverMu makes handler calls one at a time, as realtime.Handler
-	// expects, although each shard has its own reader goroutine.
-	deliverMu sync.Mutex
 
 	mu      sync.Mutex
 	wanted  map[string]struct{}        // channels that should be subscribed
@@ -371,9 +373,7 @@ func (b *Bus) session(ctx context.Context, sh *shard, h realtime.Handler, up fun
 				b.log.Warn("drop malformed event", "room", room, "err", err)
 				continue
 			}
-			b.deliverMu.Lock()
 			h.HandleMessage(ctx, ev)
-			b.deliverMu.Unlock()
 		}
 	}
 }
@@ -441,9 +441,7 @@ func (b *Bus) confirmed(ctx context.Context, h realtime.Handler, sh *shard, ch s
 	}
 	if len(ws) == 0 && wanted {
 		if room, ok := roomOfChannel(ch); ok {
-			b.deliverMu.Lock()
 			h.HandleResubscribed(ctx, room)
-			b.deliverMu.Unlock()
 		}
 	}
 }
