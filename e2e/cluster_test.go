@@ -202,8 +202,8 @@ func tallySubs(t *testing.T, name string, subs []*wire.Subscriber, want map[stri
 		row.dups += tl.dups
 		row.resets += resets
 		if tl.lost > 0 && !(mayReset && resets > 0) {
-			t.Errorf("%s subscriber %v at %s lost %d of %d rows (resets %d, connections %d, controls %s)",
-				sub.Transport, sub.Rooms, sub.Base, tl.lost, tl.expected, resets, sub.Connects(), describeControls(sub.Controls()))
+			t.Errorf("%s subscriber %v at %s lost %d of %d rows (%s; resets %d, connections %d, controls %s)",
+				sub.Transport, sub.Rooms, sub.Base, tl.lost, tl.expected, lostByRoom(sub, want), resets, sub.Connects(), describeControls(sub.Controls()))
 		}
 		if tl.dups > 0 {
 			t.Errorf("%s subscriber %v got %d duplicates", sub.Transport, sub.Rooms, tl.dups)
@@ -213,6 +213,31 @@ func tallySubs(t *testing.T, name string, subs []*wire.Subscriber, want map[stri
 		}
 	}
 	return row
+}
+
+// lostByRoom describes which committed rows of each room sub lacks.
+func lostByRoom(sub *wire.Subscriber, want map[string][]string) string {
+	got := map[string]bool{}
+	for _, ev := range sub.Events() {
+		got[wire.Body(ev)] = true
+	}
+	var parts []string
+	for _, room := range sub.Rooms {
+		first, last, n := "", "", 0
+		for _, b := range want[room] {
+			if !got[b] {
+				if first == "" {
+					first = b
+				}
+				last = b
+				n++
+			}
+		}
+		if n > 0 {
+			parts = append(parts, fmt.Sprintf("%s: %d missing, %s..%s", room, n, first, last))
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // appEnvFast makes an edge notice a dead Redis connection within a second.
