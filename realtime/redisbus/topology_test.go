@@ -366,3 +366,31 @@ func TestBusOnCluster(t *testing.T) {
 		rec.await(ctx, t, "every room at the end", func() bool { return rec.has(r, off) })
 	}
 }
+
+// TestUnsubscribeAndSubscribeAgain leaves and rejoins rooms at once, many
+// times: the confirmation of an earlier subscription never releases a
+// later Subscribe, so what is published right after it returns arrives.
+func TestUnsubscribeAndSubscribeAgain(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := startRedis(t)
+	b := New(c, Options{ProbeInterval: 300 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	rec := newRecorder()
+	go b.Run(ctx, rec)
+	f := newFeed(c)
+	subscribe(ctx, t, b, "x")
+	for i := range 50 {
+		if err := b.Unsubscribe(ctx, "x"); err != nil {
+			t.Fatal(err)
+		}
+		subscribe(ctx, t, b, "x")
+		off := f.publish(ctx, t, "x")
+		rec.await(ctx, t, fmt.Sprintf("delivery after rejoin %d", i), func() bool { return rec.has("x", off) })
+	}
+	rec.await(ctx, t, "connected", b.Connected)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if n := rec.resubs["x"]; n != 0 {
+		t.Errorf("%d resubscriptions reported without an interruption", n)
+	}
+}
