@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/rowcast/rowcast/app/auth"
+	"github.com/rowcast/rowcast/internal/connect"
 	"github.com/rowcast/rowcast/internal/env"
 )
 
@@ -12,11 +13,12 @@ import (
 type Config struct {
 	ListenAddr   string
 	RedisURL     string
-	DatabaseURL  string // with Demo: where the demo form inserts chat messages
-	Demo         bool   // enable POST /api/messages (the demo page's form)
-	MaxRooms     int    // rooms per connection
-	QueueSize    int    // frames queued per connection before it is cut off as slow
-	MaxFrame     int    // largest inbound WebSocket frame, bytes
+	RedisAddrMap map[string]string // REDIS_ADDRESS_MAP: Redis-announced address -> address to dial
+	DatabaseURL  string            // with Demo: where the demo form inserts chat messages
+	Demo         bool              // enable POST /api/messages (the demo page's form)
+	MaxRooms     int               // rooms per connection
+	QueueSize    int               // frames queued per connection before it is cut off as slow
+	MaxFrame     int               // largest inbound WebSocket frame, bytes
 	Heartbeat    time.Duration
 	DrainTimeout time.Duration // bound on the graceful drain at SIGTERM
 	JoinTimeout  time.Duration // bound on one subscribe (Redis confirmation + replay)
@@ -35,7 +37,7 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	r := env.New(lookup)
 	c := Config{
 		ListenAddr:   r.String("LISTEN_ADDR", ":8080"),
-		RedisURL:     r.URL("REDIS_URL", "", "redis", "rediss"),
+		RedisURL:     connect.RedisURLFromEnv(r),
 		Demo:         r.Bool("ROWCAST_DEMO", false),
 		MaxRooms:     r.Int("ROWCAST_MAX_ROOMS", 100, 1, 10000),
 		QueueSize:    r.Int("ROWCAST_QUEUE_SIZE", 256, 8, 65536),
@@ -46,6 +48,7 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 		ProbeEvery:   r.Duration("ROWCAST_REDIS_PROBE_INTERVAL", 5*time.Second, 50*time.Millisecond, time.Minute),
 		HistoryTTL:   r.Duration("ROWCAST_HISTORY_TTL", 24*time.Hour, time.Second, 90*24*time.Hour),
 	}
+	c.RedisAddrMap = connect.RedisAddrMapFromEnv(r)
 	c.Auth = auth.Config{
 		Secret:      r.String("ROWCAST_AUTH_SECRET", ""),
 		JWKSURL:     r.OptionalURL("ROWCAST_JWKS_URL", "https", "http"),

@@ -55,10 +55,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	rdb, err := connect.Redis(cfg.RedisURL)
+	rcfg, err := connect.ParseRedis(cfg.RedisURL)
 	if err != nil {
 		return nil, err
 	}
+	rcfg.AddrMap = cfg.RedisAddrMap
+	rdb := rcfg.Client()
 	var db *pgxpool.Pool
 	if cfg.DatabaseURL != "" {
 		if db, err = connect.PostgresPool(ctx, "DATABASE_URL", cfg.DatabaseURL); err != nil {

@@ -12,7 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 )
 
 // dialer probes an idle connection after 5 s, every 2 s, and gives up after
@@ -22,25 +21,6 @@ var dialer = net.Dialer{
 	KeepAliveConfig: net.KeepAliveConfig{
 		Enable: true, Idle: 5 * time.Second, Interval: 2 * time.Second, Count: 3,
 	},
-}
-
-// Redis returns a client for url (redis:// or rediss://).
-func Redis(url string) (redis.UniversalClient, error) {
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, fmt.Errorf("REDIS_URL: %w", err)
-	}
-	opt.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return dialer.DialContext(ctx, network, addr)
-	}
-	opt.DialTimeout = 5 * time.Second
-	opt.ReadTimeout = 5 * time.Second
-	opt.WriteTimeout = 5 * time.Second
-	opt.MaxRetries = 1
-	// Let a context deadline bound a command: a frozen Redis must not hold a
-	// probe or a publish for the full read timeout.
-	opt.ContextTimeoutEnabled = true
-	return redis.NewClient(opt), nil
 }
 
 // PostgresConfig parses url (postgres://) for a single, direct connection

@@ -23,12 +23,22 @@ type Topology int
 const (
 	// Single is one Redis server, Stack.Redis. The default.
 	Single Topology = iota + 1
+	// SentinelGroup is a primary, a replica and three sentinels,
+	// Stack.Sentinel (see StartSentinel).
+	SentinelGroup
+	// ClusterShards is a Redis Cluster of three masters with a replica each,
+	// Stack.Cluster (see StartCluster).
+	ClusterShards
 )
 
 func (tp Topology) String() string {
 	switch tp {
 	case Single:
 		return "single"
+	case SentinelGroup:
+		return "sentinel"
+	case ClusterShards:
+		return "cluster"
 	default:
 		return fmt.Sprintf("Topology(%d)", int(tp))
 	}
@@ -90,6 +100,8 @@ type Stack struct {
 	// topology.
 	Topology Topology
 	Redis    *Redis
+	Sentinel *Sentinel // set for SentinelGroup
+	Cluster  *Cluster  // set for ClusterShards
 	RedisURL string
 
 	// Network is the one given with OnNetwork, else nil. NetworkPostgresURL
@@ -120,6 +132,10 @@ func StartStack(ctx context.Context, t testing.TB, opts ...StackOption) (*Stack,
 	case 0:
 		o.topology = Single
 	case Single:
+	case SentinelGroup, ClusterShards:
+		if o.network != nil {
+			return nil, fmt.Errorf("start stack: OnNetwork is for a single redis, not %v", o.topology)
+		}
 	default:
 		return nil, fmt.Errorf("start stack: redis topology %v is not supported", o.topology)
 	}
@@ -171,6 +187,20 @@ func (s *Stack) startRedis(ctx context.Context, t testing.TB, opts []Option) err
 		s.Redis = r
 		s.RedisURL, err = r.URL(ctx)
 		return err
+	case SentinelGroup:
+		sn, err := StartSentinel(ctx, t, opts...)
+		if err != nil {
+			return err
+		}
+		s.Sentinel, s.RedisURL = sn, sn.URL()
+		return nil
+	case ClusterShards:
+		c, err := StartCluster(ctx, t, opts...)
+		if err != nil {
+			return err
+		}
+		s.Cluster, s.RedisURL = c, c.URL()
+		return nil
 	default:
 		panic("unreachable: topology checked by StartStack")
 	}

@@ -30,6 +30,7 @@ type Config struct {
 	DatabaseURL       string // queries (may go through PgBouncer)
 	ListenDatabaseURL string // LISTEN and the leader lock: must be a direct connection
 	RedisURL          string
+	RedisAddrMap      map[string]string // REDIS_ADDRESS_MAP: Redis-announced address -> address to dial
 	HealthAddr        string
 	Relay             relay.Config
 	History           redisbus.HistoryLimits
@@ -40,7 +41,7 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	r := env.New(lookup)
 	c := Config{
 		DatabaseURL: r.URL("DATABASE_URL", "", "postgres", "postgresql"),
-		RedisURL:    r.URL("REDIS_URL", "", "redis", "rediss"),
+		RedisURL:    connect.RedisURLFromEnv(r),
 		HealthAddr:  r.String("HEALTH_ADDR", ":8081"),
 		Relay: relay.Config{
 			BatchSize:     r.Int("ROWCAST_BATCH_SIZE", 500, 1, 10000),
@@ -53,6 +54,7 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 			TTL: r.Duration("ROWCAST_HISTORY_TTL", 24*time.Hour, time.Second, 90*24*time.Hour),
 		},
 	}
+	c.RedisAddrMap = connect.RedisAddrMapFromEnv(r)
 	c.ListenDatabaseURL = r.URL("LISTEN_DATABASE_URL", c.DatabaseURL, "postgres", "postgresql")
 	return c, r.Err()
 }
@@ -79,11 +81,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Main, error) {
 	if err != nil {
 		return nil, err
 	}
-	rdb, err := connect.Redis(cfg.RedisURL)
+	rcfg, err := connect.ParseRedis(cfg.RedisURL)
 	if err != nil {
 		pool.Close()
 		return nil, err
 	}
+	rcfg.AddrMap = cfg.RedisAddrMap
+	rdb := rcfg.Client()
 	ln, err := net.Listen("tcp", cfg.HealthAddr)
 	if err != nil {
 		pool.Close()

@@ -38,3 +38,29 @@ func roomOfChannel(ch string) (realtime.Room, bool) {
 	r, err := realtime.ParseRoom(name)
 	return r, err == nil
 }
+
+// slotCount is the number of Redis Cluster hash slots.
+const slotCount = 16384
+
+// slotOf is the Cluster hash slot of key: CRC16 (XMODEM) of its hash tag,
+// the part between the first '{' and the next '}' when not empty, else of
+// the whole key.
+func slotOf(key string) int {
+	if open := strings.IndexByte(key, '{'); open >= 0 {
+		if n := strings.IndexByte(key[open+1:], '}'); n > 0 {
+			key = key[open+1 : open+1+n]
+		}
+	}
+	var crc uint16
+	for i := 0; i < len(key); i++ {
+		crc ^= uint16(key[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc) % slotCount
+}

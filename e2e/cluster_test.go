@@ -1,0 +1,250 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rowcast/rowcast/e2e/proc"
+	"github.com/rowcast/rowcast/e2e/wire"
+	"github.com/rowcast/rowcast/internal/testenv"
+)
+
+func startClusterStack(ctx context.Context, t *testing.T) (*stack, *testenv.Cluster) {
+	t.Helper()
+	s := startStack(ctx, t, testenv.WithTopology(testenv.ClusterShards))
+	return s, s.Cluster
+}
+
+func startSentinelStack(ctx context.Context, t *testing.T) (*stack, *testenv.Sentinel) {
+	t.Helper()
+	s := startStack(ctx, t, testenv.WithTopology(testenv.SentinelGroup))
+	return s, s.Sentinel
+}
+
+// shardRooms picks n rooms on each master of c, by the cluster's own slot
+// map for the rooms' live channels.
+func shardRooms(ctx context.Context, t *testing.T, c *testenv.Cluster, n int) map[*testenv.Node][]string {
+	t.Helper()
+	masters, err := c.Masters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[*testenv.Node][]string{}
+	for i, full := 0, 0; full < len(masters); i++ {
+		room := fmt.Sprintf("c%d", i)
+		m, err := c.MasterForKey(ctx, "rowcast:{"+room+"}:live")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out[m]) < n {
+			out[m] = append(out[m], room)
+			if len(out[m]) == n {
+				full++
+			}
+		}
+	}
+	return out
+}
+
+func allRooms(byShard map[*testenv.Node][]string) []string {
+	var rooms []string
+	for _, rs := range byShard {
+		rooms = append(rooms, rs...)
+	}
+	sort.Strings(rooms)
+	return rooms
+}
+
+// roomInserter is the fault tests' inserter over any rooms: it commits
+// rows at a steady pace, round robin over rooms, until stopped. Rows carry
+// the author "fault", so committed() returns them.
+type roomInserter struct {
+	url      string
+	rooms    []string
+	attempts atomic.Int64
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+func startRoomInserter(ctx context.Context, url string, rooms []string) *roomInserter {
+	in := &roomInserter{url: url, rooms: rooms, stop: make(chan struct{}), done: make(chan struct{})}
+	go in.run(ctx)
+	return in
+}
+
+func (in *roomInserter) run(ctx context.Context) {
+	defer close(in.done)
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	tick := time.NewTicker(4 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-in.stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if conn == nil {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			c, err := pgx.Connect(cctx, in.url)
+			cancel()
+			if err != nil {
+				continue
+			}
+			conn = c
+		}
+		n := in.attempts.Add(1)
+		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := conn.Exec(ictx, `INSERT INTO chat_message (room, author, body) VALUES ($1, 'fault', $2)`,
+			in.rooms[i%len(in.rooms)], fmt.Sprintf("row-%d", n))
+		cancel()
+		if err != nil {
+			conn.Close(context.Background())
+			conn = nil
+		}
+	}
+}
+
+func (in *roomInserter) finish() { close(in.stop); <-in.done }
+
+// subscribeAll starts subscribers and waits until each one's rooms are
+// confirmed.
+func subscribeAll(ctx context.Context, t *testing.T, subs []*wire.Subscriber) {
+	t.Helper()
+	for _, sub := range subs {
+		go sub.Run(ctx)
+	}
+	for _, sub := range subs {
+		select {
+		case <-sub.Subscribed():
+		case <-ctx.Done():
+			t.Fatalf("a %s subscriber of %v never subscribed", sub.Transport, sub.Rooms)
+		}
+	}
+}
+
+// tallySubs checks every subscriber against what was committed and
+// returns the fault-table row. Loss is an error unless the subscriber was
+// told to reset and mayReset.
+func tallySubs(t *testing.T, name string, subs []*wire.Subscriber, want map[string][]string, mayReset bool) faultRow {
+	t.Helper()
+	row := faultRow{fault: name}
+	for _, rs := range want {
+		row.rows += len(rs)
+	}
+	for _, sub := range subs {
+		tl := count(sub, want)
+		resets := 0
+		for _, n := range sub.Resets() {
+			resets += n
+		}
+		row.expected += tl.expected
+		row.delivered += tl.delivered
+		row.lost += tl.lost
+		row.dups += tl.dups
+		row.resets += resets
+		if tl.lost > 0 && !(mayReset && resets > 0) {
+			t.Errorf("%s subscriber %v at %s lost %d of %d rows (%s; resets %d, connections %d, controls %s)",
+				sub.Transport, sub.Rooms, sub.Base, tl.lost, tl.expected, lostByRoom(sub, want), resets, sub.Connects(), describeControls(sub.Controls()))
+		}
+		if tl.dups > 0 {
+			t.Errorf("%s subscriber %v got %d duplicates", sub.Transport, sub.Rooms, tl.dups)
+		}
+		if tl.outOfOrder > 0 {
+			t.Errorf("%s subscriber %v got %d rows out of order", sub.Transport, sub.Rooms, tl.outOfOrder)
+		}
+	}
+	return row
+}
+
+// lostByRoom describes which committed rows of each room sub lacks.
+func lostByRoom(sub *wire.Subscriber, want map[string][]string) string {
+	got := map[string]bool{}
+	for _, ev := range sub.Events() {
+		got[wire.Body(ev)] = true
+	}
+	var parts []string
+	for _, room := range sub.Rooms {
+		first, last, n := "", "", 0
+		for _, b := range want[room] {
+			if !got[b] {
+				if first == "" {
+					first = b
+				}
+				last = b
+				n++
+			}
+		}
+		if n > 0 {
+			parts = append(parts, fmt.Sprintf("%s: %d missing, %s..%s", room, n, first, last))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// appEnvFast makes an edge notice a dead Redis connection within a second.
+var appEnvFast = []string{"ROWCAST_REDIS_PROBE_INTERVAL=300ms", "ROWCAST_DRAIN_TIMEOUT=1s"}
+
+// TestClusterEdges runs three edges on a Redis Cluster with rooms on all
+// three shards and clients of the same rooms spread over the edges: every
+// client receives every row once, in order.
+func TestClusterEdges(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s, c := startClusterStack(ctx, t)
+	byShard := shardRooms(ctx, t, c, 2)
+	rooms := allRooms(byShard)
+	startListener(ctx, t, s)
+	var bases []string
+	var apps []*proc.Process
+	for range 3 {
+		p, base := startApp(ctx, t, s, appEnvFast...)
+		apps = append(apps, p)
+		bases = append(bases, base)
+	}
+	var subs []*wire.Subscriber
+	for i, base := range bases {
+		for _, tr := range []wire.Transport{wire.WebSocket, wire.SSE} {
+			subs = append(subs, wire.NewSubscriber(base, tr, rooms...))
+			// And one client per room, on another edge each time.
+			subs = append(subs, wire.NewSubscriber(base, tr, rooms[i*2:i*2+2]...))
+		}
+	}
+	subscribeAll(ctx, t, subs)
+	r := &rig{s: s, subs: subs}
+	in := startRoomInserter(ctx, s.pgURL, rooms)
+	began := time.Now()
+	r.waitProgress(ctx, t, 100, "under load")
+	in.finish()
+	took := time.Since(began)
+	want := committed(ctx, t, s.pgURL)
+	r.waitAll(ctx, want)
+	t.Logf("inserts ran %s, every row delivered %s after the last insert", took.Round(time.Millisecond), (time.Since(began) - took).Round(time.Millisecond))
+	row := tallySubs(t, "cluster: 3 edges, 6 rooms on 3 shards", subs, want, false)
+	if row.lost > 0 || row.expected == 0 {
+		t.Errorf("delivered %d of %d", row.delivered, row.expected)
+	}
+	report(t, "cluster, 3 edges, %d subscribers, rooms %s over 3 shards: %d rows in %s, %d of %d deliveries, %d lost, %d dups",
+		len(subs), strings.Join(rooms, ","), row.rows, took.Round(time.Millisecond), row.delivered, row.expected, row.lost, row.dups)
+	for _, p := range apps {
+		if strings.Contains(p.Output(), "level=ERROR") {
+			t.Logf("edge errors:\n%s", p.Output())
+		}
+	}
+}
