@@ -160,6 +160,9 @@ func tallySubs(t *testing.T, name string, subs []*wire.Subscriber, want map[stri
 			t.Errorf("%s subscriber %v at %s lost %d of %d rows (%s; resets %d, connections %d, controls %s)",
 				sub.Transport, sub.Rooms, sub.Base, tl.lost, tl.expected, lostByRoom(sub, want), resets, sub.Connects(), describeControls(sub.Controls()))
 		}
+		if tl.lost > 0 {
+			t.Logf("%s subscriber %v received ids: %s", sub.Transport, sub.Rooms, idRanges(sub))
+		}
 		if tl.dups > 0 {
 			t.Errorf("%s subscriber %v got %d duplicates", sub.Transport, sub.Rooms, tl.dups)
 		}
@@ -167,7 +170,63 @@ func tallySubs(t *testing.T, name string, subs []*wire.Subscriber, want map[stri
 			t.Errorf("%s subscriber %v got %d rows out of order", sub.Transport, sub.Rooms, tl.outOfOrder)
 		}
 	}
+	if n, example := reusedIDs(subs); n > 0 {
+		// An id is never reused within an epoch (DESIGN.md): a browser
+		// drops the second row as a duplicate.
+		t.Errorf("%s: %d event ids were given to two different rows (e.g. %s): Redis came back older than what was delivered (a failover to a replica that lagged) and reissued them", name, n, example)
+	}
 	return row
+}
+
+// idRanges lists the ids a subscriber received per room, in order, with
+// runs of consecutive offsets folded: "c2: e-1..e-280, e-497..e-535".
+func idRanges(sub *wire.Subscriber) string {
+	type run struct {
+		epoch      string
+		first, end int
+	}
+	runs := map[string][]run{}
+	for _, ev := range sub.Events() {
+		i := strings.LastIndexByte(ev.ID, '-')
+		var off int
+		fmt.Sscan(ev.ID[i+1:], &off)
+		epoch := ev.ID[:i]
+		rs := runs[ev.Room]
+		if n := len(rs); n > 0 && rs[n-1].epoch == epoch && rs[n-1].end+1 == off {
+			rs[n-1].end = off
+		} else {
+			rs = append(rs, run{epoch, off, off})
+		}
+		runs[ev.Room] = rs
+	}
+	var parts []string
+	for _, room := range sub.Rooms {
+		var rs []string
+		for _, r := range runs[room] {
+			rs = append(rs, fmt.Sprintf("%s-%d..%d", r.epoch, r.first, r.end))
+		}
+		parts = append(parts, room+": "+strings.Join(rs, ", "))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// reusedIDs counts event ids that carried different rows across subs.
+func reusedIDs(subs []*wire.Subscriber) (int, string) {
+	bodies := map[string]string{}
+	reused := map[string]bool{}
+	example := ""
+	for _, sub := range subs {
+		for _, ev := range sub.Events() {
+			b := wire.Body(ev)
+			if prev, ok := bodies[ev.ID]; ok && prev != b && !reused[ev.ID] {
+				reused[ev.ID] = true
+				example = fmt.Sprintf("%s: %s and %s", ev.ID, prev, b)
+			} else if !ok {
+				bodies[ev.ID] = b
+			}
+		}
+	}
+	return len(reused), example
 }
 
 // lostByRoom describes which committed rows of each room sub lacks.

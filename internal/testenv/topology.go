@@ -138,7 +138,10 @@ func startNode(ctx context.Context, t testing.TB, nw *Network, base options, nam
 // dataNodeCmd is redis-server without persistence (WithArgs may turn it on),
 // reachable from the network.
 func dataNodeCmd(o options, extra ...string) []string {
-	cmd := []string{"redis-server", "--protected-mode", "no", "--bind", "0.0.0.0", "--save", "", "--appendonly", "no"}
+	cmd := []string{"redis-server", "--protected-mode", "no", "--bind", "0.0.0.0", "--save", "", "--appendonly", "no",
+		// A replica's first sync starts at once, not after the default 5 s
+		// wait for more replicas to share the transfer.
+		"--repl-diskless-sync-delay", "0"}
 	cmd = append(cmd, extra...)
 	return append(cmd, o.args...)
 }
@@ -204,6 +207,13 @@ func StartSentinel(ctx context.Context, t testing.TB, opts ...Option) (*Sentinel
 		return nil, fmt.Errorf("start sentinel: %w", err)
 	}
 	host, port, _ := net.SplitHostPort(primary.Addr)
+	// The replica before the sentinels: a sentinel learns the replicas from
+	// the primary's INFO, which it asks for only every 10 s.
+	replica, err := startNode(ctx, t, nw, o, "replica", nil, dataNodeCmd(o, "--replicaof", host, port)...)
+	if err != nil {
+		return nil, fmt.Errorf("start sentinel: %w", err)
+	}
+	replicaHost, replicaPort, _ := net.SplitHostPort(replica.Addr)
 	conf := strings.Join([]string{
 		"port 6379",
 		"bind 0.0.0.0",
@@ -212,25 +222,22 @@ func StartSentinel(ctx context.Context, t testing.TB, opts ...Option) (*Sentinel
 		"sentinel down-after-milliseconds " + SentinelMaster + " 1000",
 		"sentinel failover-timeout " + SentinelMaster + " 2000",
 		"sentinel parallel-syncs " + SentinelMaster + " 1",
+		"sentinel known-replica " + SentinelMaster + " " + replicaHost + " " + replicaPort,
 	}, "\n") + "\n"
 	// Sentinel rewrites its configuration file: it must be writable.
 	sentinelCmd := []string{"sh", "-c", `printf '%s' "$SENTINEL_CONF" > /tmp/sentinel.conf && exec redis-server /tmp/sentinel.conf --sentinel`}
-	fns := []func() (*Node, error){
-		func() (*Node, error) {
-			return startNode(ctx, t, nw, o, "replica", nil, dataNodeCmd(o, "--replicaof", host, port)...)
-		},
-	}
+	var fns []func() (*Node, error)
 	for i := range 3 {
 		name := "sentinel-" + strconv.Itoa(i+1)
 		fns = append(fns, func() (*Node, error) {
 			return startNode(ctx, t, nw, o, name, map[string]string{"SENTINEL_CONF": conf}, sentinelCmd...)
 		})
 	}
-	nodes, err := startAll(fns...)
+	sentinels, err := startAll(fns...)
 	if err != nil {
 		return nil, fmt.Errorf("start sentinel: %w", err)
 	}
-	s := &Sentinel{Primary: primary, Replica: nodes[0], Sentinels: nodes[1:]}
+	s := &Sentinel{Primary: primary, Replica: replica, Sentinels: sentinels}
 	wctx, cancel := context.WithTimeout(ctx, startupTimeout)
 	defer cancel()
 	err = waitFor(wctx, "replica in sync and sentinels acquainted", func(ctx context.Context) (bool, error) {

@@ -38,8 +38,10 @@ type Options struct {
 // Bus implements realtime.Bus on Redis sharded pub/sub (SSUBSCRIBE) and
 // streams. On one server or behind Sentinel it holds one subscription
 // connection for the whole process; on a Redis Cluster one per master, each
-// carrying the rooms whose slot that master serves, and it follows failovers
-// and slot moves on its own. All methods may be called concurrently.
+// carrying the rooms whose slot that master serves (a master without rooms
+// keeps one too, carrying only its probe, so that Connected covers every
+// shard and a first room there joins at once), and it follows failovers and
+// slot moves on its own. All methods may be called concurrently.
 //
 // Each subscription connection has its own reader goroutine, so on a
 // Cluster the handler is called from one goroutine per master (the Hub
