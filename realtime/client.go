@@ -71,6 +71,11 @@ type Client struct {
 	mu     sync.Mutex
 	rooms  map[Room]*clientRoom
 	closed bool
+	// cut is set when a frame could not be queued: nothing more is sent,
+	// so the client's position stays the last frame it really got and it
+	// resumes from there (a later frame getting through would skip the
+	// dropped one for good).
+	cut bool
 }
 
 type clientRoom struct {
@@ -241,7 +246,7 @@ func (c *Client) reset(r Room) {
 
 // pushLocked writes m unless the client has seen it.
 func (c *Client) pushLocked(st *clientRoom, m Message) {
-	if !c.acceptLocked(st, m) {
+	if c.cut || !c.acceptLocked(st, m) {
 		return
 	}
 	if !c.t.Send(Frame{Room: m.Room, ID: m.ID, Data: m.Data}) {
@@ -270,7 +275,7 @@ const maxBatch = 64
 
 // pushBatchLocked writes msgs like pushLocked, several per frame.
 func (c *Client) pushBatchLocked(st *clientRoom, msgs []Message) {
-	for len(msgs) > 0 {
+	for len(msgs) > 0 && !c.cut {
 		n := min(len(msgs), maxBatch)
 		chunk := msgs[:n]
 		msgs = msgs[n:]
@@ -292,7 +297,7 @@ func (c *Client) pushBatchLocked(st *clientRoom, msgs []Message) {
 }
 
 func (c *Client) sendControlLocked(ctl Control, r Room, pos ID) {
-	if c.closed {
+	if c.closed || c.cut {
 		return
 	}
 	if !c.t.Send(Frame{Room: r, ID: pos, Data: ctl.Encode(), Control: true}) {
@@ -300,10 +305,12 @@ func (c *Client) sendControlLocked(ctl Control, r Room, pos ID) {
 	}
 }
 
-// overflowLocked closes a client whose queue is full, in its own goroutine:
-// the caller may be the hub fanning out to everyone else.
+// overflowLocked cuts off a client whose queue is full: nothing more is
+// sent, and it is closed in its own goroutine (the caller may be the hub
+// fanning out to everyone else).
 func (c *Client) overflowLocked() {
-	if !c.closed {
+	if !c.closed && !c.cut {
+		c.cut = true
 		go c.Close(CloseSlow)
 	}
 }

@@ -355,6 +355,31 @@ func TestSlowClientIsClosedAndOthersContinue(t *testing.T) {
 	}
 }
 
+// A frame that could not be queued is the last thing tried: a later one
+// getting through would move the client's resume point past the dropped one.
+func TestSlowClientGetsNothingAfterADroppedFrame(t *testing.T) {
+	ctx := context.Background()
+	h, bus := newTestHub()
+	slow := &recorder{limit: 3, onClose: make(chan CloseReason, 1)}
+	if err := h.NewClient(slow, 10).Join(ctx, "a", ID{}); err != nil {
+		t.Fatal(err)
+	}
+	bus.publish("a", true) // frames: subscribed, e-1, e-2
+	bus.publish("a", true)
+	bus.publish("a", true) // refused: the queue is full
+	slow.mu.Lock()
+	slow.limit = 0 // the queue drains before the close goroutine runs
+	slow.mu.Unlock()
+	bus.publish("a", true)
+	bus.publish("a", true)
+	if r := <-slow.onClose; r != CloseSlow {
+		t.Fatalf("slow client closed with %v", r)
+	}
+	if got := slow.events(); len(got) != 2 || !strings.HasSuffix(got[1], "-2") {
+		t.Fatalf("slow client got %v; want the first two events and nothing after the dropped third", got)
+	}
+}
+
 func TestTooManyRooms(t *testing.T) {
 	ctx := context.Background()
 	h, _ := newTestHub()
