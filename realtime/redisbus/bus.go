@@ -51,6 +51,7 @@ type Options struct {
 type Bus struct {
 	client  redis.UniversalClient
 	cluster *redis.ClusterClient // nil outside a Cluster
+	kind    pubsubKind
 	opts    Options
 	log     *slog.Logger
 
@@ -109,6 +110,7 @@ func New(client redis.UniversalClient, opts Options) *Bus {
 	return &Bus{
 		client:  client,
 		cluster: cc,
+		kind:    kindFor(client),
 		opts:    opts,
 		log:     opts.Logger,
 		wanted:  map[string]struct{}{},
@@ -262,7 +264,7 @@ func (b *Bus) refresh() {
 // channel hashes to a slot of sh's master, and the probe goes straight to
 // that master.
 func (b *Bus) session(ctx context.Context, sh *shard, h realtime.Handler, up func()) error {
-	ps := sh.client.SSubscribe(ctx)
+	ps := b.kind.open(ctx, sh.client)
 	defer ps.Close()
 	// A blocked receive does not watch ctx: closing the subscription ends
 	// it at once when the process stops.
@@ -291,7 +293,7 @@ func (b *Bus) session(ctx context.Context, sh *shard, h realtime.Handler, up fun
 	}()
 	// A Cluster refuses one SSUBSCRIBE over several slots.
 	for _, group := range b.bySlot(channels) {
-		if err := ps.SSubscribe(ctx, group...); err != nil {
+		if err := b.kind.subscribe(ctx, ps, group...); err != nil {
 			return fmt.Errorf("subscribe %d rooms: %w", len(channels)-1, err)
 		}
 	}
@@ -305,7 +307,7 @@ func (b *Bus) session(ctx context.Context, sh *shard, h realtime.Handler, up fun
 		nonce++
 		pctx, cancel := context.WithTimeout(ctx, b.opts.ProbeInterval)
 		defer cancel()
-		if err := sh.client.SPublish(pctx, probeCh, nonce).Err(); err != nil {
+		if err := b.kind.publish(pctx, sh.client, probeCh, nonce); err != nil {
 			return fmt.Errorf("publish probe: %w", err)
 		}
 		probeSent = time.Now()
@@ -342,12 +344,12 @@ func (b *Bus) session(ctx context.Context, sh *shard, h realtime.Handler, up fun
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			switch {
-			case m.Channel == probeCh && m.Kind == "sunsubscribe":
+			case m.Channel == probeCh && m.Kind == b.kind.unsubscribed():
 				return errors.New("the probe channel's slot left this master")
 			case m.Channel == probeCh:
-			case m.Kind == "ssubscribe":
+			case m.Kind == b.kind.subscribed():
 				b.confirmed(ctx, h, sh, m.Channel)
-			case m.Kind == "sunsubscribe":
+			case m.Kind == b.kind.unsubscribed():
 				if err := b.unsubscribed(sh, m.Channel); err != nil {
 					return err
 				}
@@ -598,7 +600,7 @@ func (b *Bus) resync(ctx context.Context) error {
 	b.mu.Unlock()
 	for _, s := range subs {
 		// A failed write ends that session; its next one subscribes.
-		_ = s.ps.SSubscribe(ctx, s.ch)
+		_ = b.kind.subscribe(ctx, s.ps, s.ch)
 	}
 	if unplaced > 0 {
 		return fmt.Errorf("%d rooms in slots no master serves", unplaced)
@@ -746,7 +748,7 @@ func (b *Bus) Subscribe(ctx context.Context, room realtime.Room) (realtime.ID, e
 	if ps != nil {
 		// If this write fails, the session ends and the next one subscribes
 		// every channel placed on it, which confirms this one.
-		_ = ps.SSubscribe(ctx, k.channel)
+		_ = b.kind.subscribe(ctx, ps, k.channel)
 	}
 	select {
 	case <-done:
@@ -794,7 +796,7 @@ func (b *Bus) Unsubscribe(ctx context.Context, room realtime.Room) error {
 	if ps == nil {
 		return nil
 	}
-	if err := ps.SUnsubscribe(ctx, k.channel); err != nil {
+	if err := b.kind.unsubscribe(ctx, ps, k.channel); err != nil {
 		return fmt.Errorf("unsubscribe %q: %w", room, err)
 	}
 	return nil

@@ -39,10 +39,14 @@ const dedupeKeep = 10000
 //
 // KEYS: epoch, seq, history, published. ARGV: 1 candidate epoch, 2 history
 // length, 3 ttl ms, 4 dedupe keep, 5 channel, 6 recorded epoch, 7 recorded
-// offset, 8 recorded run, 9 unsure ("1" or "0"), then pairs of (outbox id,
-// tail). Returns {epoch, offset, run, new events, why a new epoch began or ""}.
+// offset, 8 recorded run, 9 unsure ("1" or "0"), 10 the publish command
+// (PUBLISH or SPUBLISH), then pairs of (outbox id, tail). Returns {epoch,
+// offset, run, new events, why a new epoch began or ""}.
 var publishScript = redis.NewScript(`
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+-- The server's run_id changes with every restart and failover. A Redis
+-- that will not tell gives '' and is never trusted to have kept a publish.
+local ok, info = pcall(redis.call, 'INFO', 'server')
+local run = ok and string.match(info, 'run_id:(%x+)') or ''
 local epoch = redis.call('GET', KEYS[1])
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 local recEpoch, recOff, recRun, unsure = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9] == '1'
@@ -61,12 +65,12 @@ local function check()
   if last[1] and tonumber(string.match(last[1][1], '^(%d+)')) > seq then return 'counter behind history' end
   -- A publish Postgres never recorded may have happened, and Redis has
   -- restarted since: it may have lost it, which nothing can tell.
-  if unsure and run ~= recRun then return 'unrecorded publish, then a restart' end
+  if unsure and (run ~= recRun or run == '') then return 'unrecorded publish, then a restart' end
   if seq > recOff then
     -- Redis is ahead: only a publish that was not recorded, of rows still in
     -- the outbox (so in this batch), explains it.
     local batch = {}
-    for i = 10, #ARGV, 2 do batch[ARGV[i]] = true end
+    for i = 11, #ARGV, 2 do batch[ARGV[i]] = true end
     local ahead = redis.call('ZRANGE', KEYS[4], '(' .. recOff, seq, 'BYSCORE')
     if #ahead ~= seq - recOff then return 'ahead, not explained' end
     for _, id in ipairs(ahead) do
@@ -84,12 +88,12 @@ if why ~= '' or not epoch then
   redis.call('SET', KEYS[1], epoch)
 end
 local n = 0
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   if redis.call('ZADD', KEYS[4], 'NX', seq + 1, ARGV[i]) == 1 then
     seq = seq + 1
     local msg = '{"id":"' .. epoch .. '-' .. seq .. '"' .. ARGV[i+1]
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', msg)
-    redis.call('SPUBLISH', ARGV[5], msg)
+    redis.call(ARGV[10], ARGV[5], msg)
     n = n + 1
   end
 end
@@ -108,11 +112,12 @@ return {epoch, seq, run, n, why}
 type Publisher struct {
 	client redis.UniversalClient
 	limits HistoryLimits
+	kind   pubsubKind
 }
 
 // NewPublisher returns a Publisher writing through client.
 func NewPublisher(client redis.UniversalClient, limits HistoryLimits) *Publisher {
-	return &Publisher{client: client, limits: limits}
+	return &Publisher{client: client, limits: limits, kind: kindFor(client)}
 }
 
 // Result is what one Publish did.
@@ -170,7 +175,7 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded ma
 				unsure = "1"
 			}
 			args = []any{epoch, p.limits.Len, p.limits.TTL.Milliseconds(), dedupeKeep, keysFor(e.Room).channel,
-				rec.Last.Epoch, rec.Last.Offset, rec.Run, unsure}
+				rec.Last.Epoch, rec.Last.Offset, rec.Run, unsure, p.kind.publishCommand()}
 		}
 		byRoom[e.Room] = append(args, e.OutboxID, e.Tail)
 	}

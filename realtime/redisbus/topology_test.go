@@ -102,7 +102,7 @@ func (r *recorder) has(room realtime.Room, off uint64) bool {
 }
 
 // feed publishes events the way the listener's script does on the live
-// channel (SPUBLISH of {"id":"<epoch>-<offset>",...}), with per-room
+// channel (SPUBLISH on a Cluster, else PUBLISH, of {"id":"<epoch>-<offset>",...}), with per-room
 // offsets. Only live delivery is under test here, so there is no history.
 type feed struct {
 	c     redis.UniversalClient
@@ -126,7 +126,7 @@ func (f *feed) publish(ctx context.Context, t *testing.T, room realtime.Room) ui
 	f.mu.Unlock()
 	msg := fmt.Sprintf(`{"id":"%s-%d","room":"%s"}`, f.epoch, off, room)
 	for {
-		err := f.c.SPublish(ctx, keysFor(room).channel, msg).Err()
+		err := kindFor(f.c).publish(ctx, f.c, keysFor(room).channel, msg)
 		if err == nil {
 			return off
 		}
