@@ -32,9 +32,9 @@ type Bus interface {
 }
 
 // Handler receives what a Bus delivers. The Hub implements it. Methods are
-// called from the bus's reader goroutines (one per Redis shard), for a given
-// room always from the same one, and must not block: a slow call delays
-// every room of that shard.
+// called from the bus's reader goroutines (one per Redis shard, so calls may
+// be concurrent) and must not block: a slow call delays every room of that
+// shard.
 type Handler interface {
 	// HandleMessage receives one live message.
 	HandleMessage(ctx context.Context, m Message)
