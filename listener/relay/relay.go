@@ -20,6 +20,7 @@ import (
 
 	"github.com/rowcast/rowcast/internal/retry"
 	"github.com/rowcast/rowcast/listener/outbox"
+	"github.com/rowcast/rowcast/realtime"
 	"github.com/rowcast/rowcast/realtime/redisbus"
 )
 
@@ -59,7 +60,8 @@ type Relay struct {
 	// was not where Postgres recorded them (for metrics).
 	OnBatch func(size, newEpochs int)
 
-	lastForget time.Time // used by the session goroutine only
+	lastForget time.Time                   // used by the session goroutine only
+	stuck      map[realtime.Room]stuckRoom // the session's rooms to publish again; see publish
 
 	leader    atomic.Bool
 	readyOnce sync.Once
@@ -115,6 +117,9 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 	if err != nil {
 		return err
 	}
+	// What another session left unpublished comes back from the outbox,
+	// marked as claimed by it.
+	r.stuck = map[realtime.Room]stuckRoom{}
 	r.log.Info("leading: relaying outbox to redis", "session", session)
 	// Releasing matters when the process stays up (a standby takes over at
 	// once); closing the connection releases it too.
@@ -210,10 +215,10 @@ func (r *Relay) acquire(ctx context.Context, conn *pgx.Conn) error {
 	}
 }
 
-// drain moves batches until the outbox is empty. A Redis failure is retried
-// in publish (the Postgres session and the leadership stay); a Postgres
-// failure ends the session. Under load the record of one batch and the claim
-// of the next share a round trip.
+// drain moves batches until the outbox is empty and no room is stuck. A
+// Redis failure is retried in publish (the Postgres session and the
+// leadership stay); a Postgres failure ends the session. Under load the
+// record of one batch and the claim of the next share a round trip.
 func (r *Relay) drain(ctx context.Context, session string) error {
 	qctx, cancel := context.WithTimeout(ctx, opTimeout)
 	batch, err := r.store.Claim(qctx, r.cfg.BatchSize, session)
@@ -224,7 +229,7 @@ func (r *Relay) drain(ctx context.Context, session string) error {
 			return err
 		}
 		qctx, cancel := context.WithTimeout(ctx, opTimeout)
-		if len(batch.Rows) < r.cfg.BatchSize {
+		if len(batch.Rows) < r.cfg.BatchSize && len(r.stuck) == 0 {
 			err = r.store.Record(qctx, done)
 			batch = outbox.Batch{}
 		} else {
@@ -235,12 +240,31 @@ func (r *Relay) drain(ctx context.Context, session string) error {
 	return err
 }
 
+// stuckRoom is a room whose last publish failed on its shard while others
+// succeeded: exactly these events go out again, before anything newer of
+// the room, because Redis may hold them (and clients may have seen them) or
+// not. Another composition could give one of their ids to another row.
+type stuckRoom struct {
+	events   []redisbus.Event
+	ids      []int64
+	recorded realtime.Position
+}
+
 // publish sends one batch to Redis and returns what to record: the ids of
 // the rows it published and their rooms' new positions. Rows that can never
-// be published are moved to rowcast.rejected here.
+// be published are moved to rowcast.rejected here. Rooms whose shard fails
+// while others' succeed are kept in r.stuck and sent again with the next
+// batch, so one unreachable Cluster master does not hold back every room;
+// when no room gets through, the same events are retried with backoff.
 func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Published, error) {
 	events := make([]redisbus.Event, 0, len(batch.Rows))
-	ids := make([]int64, 0, len(batch.Rows))
+	ids := map[realtime.Room][]int64{}
+	recorded := make(map[realtime.Room]realtime.Position, len(batch.Positions)+len(r.stuck))
+	for room, st := range r.stuck {
+		events = append(events, st.events...)
+		ids[room] = st.ids
+		recorded[room] = st.recorded
+	}
 	var rejected []int64
 	for _, row := range batch.Rows {
 		ev, err := encode(row, r.cfg.MaxEventBytes)
@@ -249,8 +273,12 @@ func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Publish
 			rejected = append(rejected, row.ID)
 			continue
 		}
+		if _, stuck := r.stuck[ev.Room]; stuck {
+			continue // stays in the outbox until the room's stuck events are through
+		}
 		events = append(events, ev)
-		ids = append(ids, row.ID)
+		ids[ev.Room] = append(ids[ev.Room], row.ID)
+		recorded[ev.Room] = batch.Positions[ev.Room]
 	}
 	if len(rejected) > 0 {
 		rctx, cancel := context.WithTimeout(ctx, opTimeout)
@@ -266,7 +294,7 @@ func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Publish
 	var res redisbus.Result
 	err := retry.Do(ctx, r.retryPolicy("publish to redis"), func(ctx context.Context) error {
 		var err error
-		res, err = r.pub.Publish(ctx, events, batch.Positions)
+		res, err = r.pub.Publish(ctx, events, recorded)
 		return err
 	})
 	if err != nil {
@@ -274,14 +302,31 @@ func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Publish
 	}
 	r.published.Add(int64(res.New))
 	for room, why := range res.Restarted {
-		was := batch.Positions[room]
+		was := recorded[room]
 		r.log.Warn("redis was not where postgres recorded the room: new epoch, its clients will reset",
 			"room", room, "why", why, "recorded", was.Last.String(), "epoch", res.Positions[room].Last.Epoch)
+	}
+	for room, ferr := range res.Failed {
+		if _, already := r.stuck[room]; !already {
+			r.log.Warn("publish failed for one room while others went through; sending it again with the next batch", "room", room, "err", ferr)
+			st := stuckRoom{ids: ids[room], recorded: recorded[room]}
+			for _, ev := range events {
+				if ev.Room == room {
+					st.events = append(st.events, ev)
+				}
+			}
+			r.stuck[room] = st
+		}
+	}
+	done := outbox.Published{Positions: res.Positions}
+	for room := range res.Positions {
+		delete(r.stuck, room)
+		done.IDs = append(done.IDs, ids[room]...)
 	}
 	if r.OnBatch != nil {
 		r.OnBatch(len(events), len(res.Restarted))
 	}
-	return outbox.Published{IDs: ids, Positions: res.Positions}, nil
+	return done, nil
 }
 
 // newSession returns a random relay session name.

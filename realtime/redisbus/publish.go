@@ -131,6 +131,11 @@ type Result struct {
 	// recorded one, why Redis was not where Postgres said: its clients are
 	// told to reset.
 	Restarted map[realtime.Room]string
+	// Failed holds the rooms whose script failed or whose outcome is
+	// unknown (their shard was unreachable), with the error. They are not
+	// in Positions, and must be published again with the same events in the
+	// same order before anything newer of the room: Redis may hold them.
+	Failed map[realtime.Room]error
 }
 
 // Publish appends events in order, one script call per room, all in one
@@ -142,25 +147,51 @@ type Result struct {
 // given twice within an epoch and clients are told to reset instead of
 // missing rows silently. Publishing an outbox id again is a no-op, so a
 // batch may be retried after any failure.
+//
+// On a Cluster one unreachable shard does not hold back the others: the
+// rooms it failed are in Result.Failed and the error is nil. The error is
+// set only when no room was published.
 func (p *Publisher) Publish(ctx context.Context, events []Event, recorded map[realtime.Room]realtime.Position) (Result, error) {
+	res := Result{Positions: map[realtime.Room]realtime.Position{}}
 	if len(events) == 0 {
-		return Result{}, nil
+		return res, nil
 	}
-	res, err := p.publishOnce(ctx, events, recorded)
-	if err != nil && isNoScript(err) {
-		// Redis restarted and lost its script cache: load and retry.
-		if lerr := publishScript.Load(ctx, p.client).Err(); lerr != nil {
-			return Result{}, fmt.Errorf("load publish script: %w", lerr)
+	if err := p.publishOnce(ctx, events, recorded, &res); err != nil {
+		return Result{}, err
+	}
+	// A server that restarted or took over lost its script cache: load the
+	// script (on every master) and publish those rooms again.
+	var again []Event
+	for _, e := range events {
+		if isNoScript(res.Failed[e.Room]) {
+			again = append(again, e)
 		}
-		res, err = p.publishOnce(ctx, events, recorded)
 	}
-	return res, err
+	if len(again) > 0 {
+		if err := publishScript.Load(ctx, p.client).Err(); err != nil {
+			return Result{}, fmt.Errorf("load publish script: %w", err)
+		}
+		for _, e := range again {
+			delete(res.Failed, e.Room)
+		}
+		if err := p.publishOnce(ctx, again, recorded, &res); err != nil {
+			return Result{}, err
+		}
+	}
+	if len(res.Positions) == 0 {
+		for _, err := range res.Failed {
+			return Result{}, fmt.Errorf("publish %d events: %w", len(events), err)
+		}
+	}
+	return res, nil
 }
 
-func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded map[realtime.Room]realtime.Position) (Result, error) {
+// publishOnce runs the script for each room of events and adds the outcome
+// to res.
+func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded map[realtime.Room]realtime.Position, res *Result) error {
 	epoch, err := newEpoch()
 	if err != nil {
-		return Result{}, err
+		return err
 	}
 	// Group by room, keeping each room's order.
 	var rooms []realtime.Room
@@ -179,22 +210,18 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded ma
 		}
 		byRoom[e.Room] = append(args, e.OutboxID, e.Tail)
 	}
-	// On a Cluster the pipeline sends each room's script to the shard that
-	// owns the room's hash slot, all shards at once.
-	pipe := p.client.Pipeline()
-	cmds := make([]*redis.Cmd, len(rooms))
-	for i, r := range rooms {
-		k := keysFor(r)
-		cmds[i] = publishScript.EvalSha(ctx, pipe, []string{k.epoch, k.seq, k.history, k.published}, byRoom[r]...)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return Result{}, fmt.Errorf("publish %d events: %w", len(events), err)
-	}
-	res := Result{Positions: make(map[realtime.Room]realtime.Position, len(rooms))}
+	cmds := p.run(ctx, rooms, byRoom)
 	for i, c := range cmds {
 		out, err := c.Slice()
-		if err != nil || len(out) != 5 {
-			return Result{}, fmt.Errorf("publish result of room %q: %v %w", rooms[i], out, err)
+		if err == nil && len(out) != 5 {
+			err = fmt.Errorf("publish script answered %v", out)
+		}
+		if err != nil {
+			if res.Failed == nil {
+				res.Failed = map[realtime.Room]error{}
+			}
+			res.Failed[rooms[i]] = fmt.Errorf("room %q: %w", rooms[i], err)
+			continue
 		}
 		ep, _ := out[0].(string)
 		off, _ := out[1].(int64)
@@ -210,7 +237,86 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded ma
 			res.Restarted[rooms[i]] = why
 		}
 	}
-	return res, nil
+	return nil
+}
+
+// stragglerWait is how long run waits for the other masters of a Cluster
+// once one answered. A master that takes longer (down: the dial alone takes
+// a second) has its rooms reported failed, outcome unknown; the relay sends
+// them again as they were, which is safe even if the late pipeline lands.
+const stragglerWait = 250 * time.Millisecond
+
+// run sends each room's script with its args in one round trip per server,
+// and returns one finished command per room (its result or its error), in
+// the order of rooms. On a Cluster each master gets its own pipeline, all at
+// once: a master that is down fails its rooms alone instead of holding the
+// others until its replica takes over.
+func (p *Publisher) run(ctx context.Context, rooms []realtime.Room, args map[realtime.Room][]any) []*redis.Cmd {
+	cmds := make([]*redis.Cmd, len(rooms))
+	queue := func(pipe redis.Pipeliner, i int) *redis.Cmd {
+		k := keysFor(rooms[i])
+		return publishScript.EvalSha(ctx, pipe, []string{k.epoch, k.seq, k.history, k.published}, args[rooms[i]]...)
+	}
+	failed := func(err error) *redis.Cmd {
+		c := redis.NewCmd(ctx)
+		c.SetErr(err)
+		return c
+	}
+	cluster, ok := p.client.(*redis.ClusterClient)
+	if !ok {
+		pipe := p.client.Pipeline()
+		for i := range rooms {
+			cmds[i] = queue(pipe, i)
+		}
+		_, _ = pipe.Exec(ctx)
+		return cmds
+	}
+	byNode := map[*redis.Client][]int{}
+	for i, r := range rooms {
+		node, err := cluster.MasterForKey(ctx, keysFor(r).epoch)
+		if err != nil {
+			cmds[i] = failed(fmt.Errorf("find its master: %w", err))
+			continue
+		}
+		byNode[node] = append(byNode[node], i)
+	}
+	type done struct {
+		idx  []int
+		cmds []*redis.Cmd
+	}
+	results := make(chan done, len(byNode)) // buffered: a late pipeline never blocks
+	for node, idx := range byNode {
+		go func() {
+			pipe := node.Pipeline()
+			nodeCmds := make([]*redis.Cmd, len(idx))
+			for j, i := range idx {
+				nodeCmds[j] = queue(pipe, i)
+			}
+			_, _ = pipe.Exec(ctx)
+			results <- done{idx, nodeCmds}
+		}()
+	}
+	var deadline <-chan time.Time
+	for range byNode {
+		select {
+		case d := <-results:
+			for j, i := range d.idx {
+				cmds[i] = d.cmds[j]
+			}
+			if deadline == nil {
+				deadline = time.After(stragglerWait)
+			}
+			continue
+		case <-deadline:
+		}
+		break
+	}
+	for i, c := range cmds {
+		if c == nil {
+			cmds[i] = failed(fmt.Errorf("its master did not answer within %s of the others: outcome unknown", stragglerWait))
+		}
+	}
+	return cmds
 }
 
 func isNoScript(err error) bool {

@@ -394,3 +394,72 @@ func TestUnsubscribeAndSubscribeAgain(t *testing.T) {
 		t.Errorf("%d resubscriptions reported without an interruption", n)
 	}
 }
+
+// TestPublishOnClusterWithAMasterDown: while one master is dead, the rooms of
+// the other shards are published and the dead one's are reported failed,
+// not the whole batch; once its replica took over, the same events go
+// through at the offsets the room expects.
+func TestPublishOnClusterWithAMasterDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs Docker (run without -short)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := testenv.StartCluster(ctx, t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb, err := connect.Redis(c.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	byMaster := clusterRooms(ctx, t, c, 1)
+	masters, err := c.Masters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := masters[0]
+	dead, alive := byMaster[victim][0], byMaster[masters[1]][0]
+
+	p := NewPublisher(rdb, HistoryLimits{Len: 100, TTL: time.Hour})
+	rec := ledger{}
+	if _, err := rec.publish(ctx, p, append(events(dead, 1, 2), events(alive, 3, 2)...)); err != nil {
+		t.Fatal(err)
+	}
+	slot, err := c.Slot(ctx, keysFor(dead).channel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := victim.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stuck := events(dead, 5, 2)
+	began := time.Now()
+	res, err := rec.publish(ctx, p, append(append([]Event{}, stuck...), events(alive, 7, 2)...))
+	t.Logf("publish with a master down: %s, failed %v", time.Since(began).Round(time.Millisecond), res.Failed)
+	if err != nil {
+		t.Fatalf("publish with one master down: %v (the other shard's room should go through)", err)
+	}
+	if _, ok := res.Failed[dead]; !ok || res.Positions[alive].Last.Offset != 4 {
+		t.Fatalf("with %s down: failed %v, %s at %v; want %s failed and %s at offset 4", victim, res.Failed, alive, res.Positions[alive].Last, dead, alive)
+	}
+	if _, err := c.WaitFailover(ctx, victim, slot); err != nil {
+		t.Fatal(err)
+	}
+	var got Result
+	for {
+		got, err = rec.publish(ctx, p, stuck)
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("publish after the failover: %v", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if pos := got.Positions[dead].Last; pos.Offset != 4 || len(got.Restarted) != 0 {
+		t.Fatalf("after the failover %s is at %v (new epochs %v); want offset 4 in its epoch", dead, pos, got.Restarted)
+	}
+}
