@@ -221,10 +221,9 @@ func TestTopologyFaults(t *testing.T) {
 		}
 		killed := time.Now()
 		// Rows of the other shards should keep coming while the master is
-		// dead. The edges do their part (see redisbus' TestBusOnCluster);
-		// the listener publishes a batch in one round trip and retries it
-		// whole, so a batch holding a row of the dead shard holds the
-		// others too: this is measured here, not required.
+		// dead: the edges subscribe per shard (see redisbus'
+		// TestBusOnCluster), and the listener keeps the dead shard's rooms
+		// aside while it publishes the others. Measured here, not required.
 		var othersBack, failedOver time.Duration
 		failover := make(chan error, 1)
 		go func() {

@@ -30,6 +30,10 @@ const Channel = "rowcast"
 // LockKey is the advisory lock that elects the one active relay.
 const LockKey int64 = 0x726f7763617374 // "rowcast"
 
+// stuckRetry paces the retries of rooms stuck on an unreachable Cluster
+// master when nothing else went through.
+const stuckRetry = 250 * time.Millisecond
+
 // opTimeout bounds one outbox query: a stalled Postgres ends the session
 // (and it reconnects) instead of hanging the relay.
 const opTimeout = 15 * time.Second
@@ -228,6 +232,17 @@ func (r *Relay) drain(ctx context.Context, session string) error {
 		if done, err = r.publish(ctx, batch); err != nil {
 			return err
 		}
+		if len(done.Positions) == 0 && len(r.stuck) > 0 {
+			// Nothing went through (a Cluster master is down): pace the
+			// retries of the stuck rooms, and let other rooms' rows in.
+			t := time.NewTimer(stuckRetry)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+		}
 		qctx, cancel := context.WithTimeout(ctx, opTimeout)
 		if len(batch.Rows) < r.cfg.BatchSize && len(r.stuck) == 0 {
 			err = r.store.Record(qctx, done)
@@ -292,13 +307,26 @@ func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Publish
 		return outbox.Published{}, nil
 	}
 	var res redisbus.Result
-	err := retry.Do(ctx, r.retryPolicy("publish to redis"), func(ctx context.Context) error {
+	if r.pub.Sharded() {
+		// On a Cluster a failure is one master's: its rooms wait as stuck
+		// while the next claims bring the other rooms' new rows (drain
+		// paces the retries).
 		var err error
-		res, err = r.pub.Publish(ctx, events, recorded)
-		return err
-	})
-	if err != nil {
-		return outbox.Published{}, err
+		if res, err = r.pub.Publish(ctx, events, recorded); err != nil {
+			res = redisbus.Result{Failed: map[realtime.Room]error{}}
+			for room := range ids {
+				res.Failed[room] = err
+			}
+		}
+	} else {
+		err := retry.Do(ctx, r.retryPolicy("publish to redis"), func(ctx context.Context) error {
+			var err error
+			res, err = r.pub.Publish(ctx, events, recorded)
+			return err
+		})
+		if err != nil {
+			return outbox.Published{}, err
+		}
 	}
 	r.published.Add(int64(res.New))
 	for room, why := range res.Restarted {
@@ -320,7 +348,10 @@ func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Publish
 	}
 	done := outbox.Published{Positions: res.Positions}
 	for room := range res.Positions {
-		delete(r.stuck, room)
+		if _, was := r.stuck[room]; was {
+			r.log.Info("stuck room published again", "room", room)
+			delete(r.stuck, room)
+		}
 		done.IDs = append(done.IDs, ids[room]...)
 	}
 	if r.OnBatch != nil {

@@ -120,6 +120,10 @@ func NewPublisher(client redis.UniversalClient, limits HistoryLimits) *Publisher
 	return &Publisher{client: client, limits: limits, kind: kindFor(client)}
 }
 
+// Sharded reports whether the publisher writes to a Cluster, where one
+// master can fail while the others work.
+func (p *Publisher) Sharded() bool { return p.kind.sharded }
+
 // Result is what one Publish did.
 type Result struct {
 	// Positions holds every room of the batch at its new position, to be
