@@ -334,9 +334,11 @@ func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Publish
 		r.log.Warn("redis was not where postgres recorded the room: new epoch, its clients will reset",
 			"room", room, "why", why, "recorded", was.Last.String(), "epoch", res.Positions[room].Last.Epoch)
 	}
+	var newlyStuck []realtime.Room
+	var firstErr error
 	for room, ferr := range res.Failed {
 		if _, already := r.stuck[room]; !already {
-			r.log.Warn("publish failed for one room while others went through; sending it again with the next batch", "room", room, "err", ferr)
+			newlyStuck, firstErr = append(newlyStuck, room), ferr
 			st := stuckRoom{ids: ids[room], recorded: recorded[room]}
 			for _, ev := range events {
 				if ev.Room == room {
@@ -346,13 +348,21 @@ func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Publish
 			r.stuck[room] = st
 		}
 	}
+	if len(newlyStuck) > 0 {
+		r.log.Warn("publish failed for some rooms; their events go out again, unchanged, with the next batches",
+			"rooms", len(newlyStuck), "example", newlyStuck[0], "err", firstErr)
+	}
 	done := outbox.Published{Positions: res.Positions}
+	unstuck := 0
 	for room := range res.Positions {
 		if _, was := r.stuck[room]; was {
-			r.log.Info("stuck room published again", "room", room)
 			delete(r.stuck, room)
+			unstuck++
 		}
 		done.IDs = append(done.IDs, ids[room]...)
+	}
+	if unstuck > 0 {
+		r.log.Info("rooms whose publish had failed are published", "rooms", unstuck, "still failing", len(r.stuck))
 	}
 	if r.OnBatch != nil {
 		r.OnBatch(len(events), len(res.Restarted))
