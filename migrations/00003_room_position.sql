@@ -14,10 +14,11 @@ CREATE TABLE rowcast.room_position (
     -- run_id of the Redis server that accepted that publish: another run
     -- means Redis restarted (or failed over) since.
     redis_run   text        NOT NULL DEFAULT '',
-    -- The relay session that read the room's pending rows and may have
-    -- published them past last_offset without recording it yet; NULL once
-    -- recorded. A new leader that finds another session here knows that
-    -- Redis may hold (or may have lost) a publish that Postgres never saw.
+    -- The relay session that claimed the room's rows and may have published
+    -- past last_offset without recording it; kept while that session lives,
+    -- NULL after it stopped cleanly. A new leader that finds another session
+    -- here knows that Redis may hold (or may have lost) a publish that
+    -- Postgres never saw.
     inflight    text,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );

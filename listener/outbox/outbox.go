@@ -51,7 +51,10 @@ type Published struct {
 // claim reads the oldest rows with their rooms' positions and marks those
 // rooms as in flight for session $2, in one statement (Postgres runs a
 // data-modifying WITH part whether or not it is read). The positions come
-// from the statement's snapshot, before the mark. Rooms with names no
+// from the statement's snapshot, before the mark. A room keeps its mark
+// while the session lives (recording does not clear it), so a busy room
+// costs no write here; Release clears a session's marks when it ends
+// cleanly. Rooms with names no
 // client could use are not marked (their rows are rejected by the relay).
 const claim = `
 	WITH batch AS (
@@ -64,6 +67,7 @@ const claim = `
 		INSERT INTO rowcast.room_position AS p (room, inflight)
 		SELECT DISTINCT room, $2 FROM batch WHERE room ~ '^[A-Za-z0-9_.:-]{1,128}$'
 		ON CONFLICT (room) DO UPDATE SET inflight = EXCLUDED.inflight
+		WHERE p.inflight IS DISTINCT FROM EXCLUDED.inflight
 	)
 	SELECT b.id, b.room, b.table_name, b.op, b.row_data::text, b.captured_at,
 		coalesce(p.epoch, ''), coalesce(p.last_offset, 0), coalesce(p.redis_run, ''),
@@ -73,13 +77,29 @@ const claim = `
 
 const deleteIDs = `DELETE FROM rowcast.outbox WHERE id = ANY($1)`
 
-// record stores rooms' new positions and clears their in-flight mark.
+// record stores rooms' new positions.
 const record = `
-	INSERT INTO rowcast.room_position AS p (room, epoch, last_offset, redis_run, inflight, updated_at)
-	SELECT room, epoch, last_offset, redis_run, NULL, now()
+	INSERT INTO rowcast.room_position AS p (room, epoch, last_offset, redis_run, updated_at)
+	SELECT room, epoch, last_offset, redis_run, now()
 	FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) AS u(room, epoch, last_offset, redis_run)
 	ON CONFLICT (room) DO UPDATE SET epoch = EXCLUDED.epoch, last_offset = EXCLUDED.last_offset,
-		redis_run = EXCLUDED.redis_run, inflight = NULL, updated_at = EXCLUDED.updated_at`
+		redis_run = EXCLUDED.redis_run, updated_at = EXCLUDED.updated_at`
+
+// Release clears session's in-flight marks, except on the rooms in keep
+// (their last publish has an unknown outcome). Call it only when the
+// session ends with everything it published recorded: a later leader then
+// trusts those rooms' recorded positions as complete.
+func (s *Store) Release(ctx context.Context, session string, keep []string) error {
+	if keep == nil {
+		keep = []string{} // NULL would match nothing
+	}
+	_, err := s.pool.Exec(ctx, `UPDATE rowcast.room_position SET inflight = NULL
+		WHERE inflight = $1 AND NOT room = ANY($2)`, session, keep)
+	if err != nil {
+		return fmt.Errorf("release the marks of session %s: %w", session, err)
+	}
+	return nil
+}
 
 // Claim returns up to limit rows in id order with their rooms' positions,
 // and marks those rooms as in flight for session. Rows stay in the outbox
@@ -187,12 +207,13 @@ func (s *Store) Reject(ctx context.Context, ids []int64, reason string) error {
 }
 
 // ForgetIdle removes the recorded positions of rooms not published for
-// longer than idle (and not in flight), and returns how many. Forgetting is
+// longer than idle (and not marked by another session than the caller's),
+// and returns how many. Forgetting is
 // safe: Redis has expired such a room, and a room without a position whose
 // Redis state survived anyway starts a new epoch rather than trust it.
-func (s *Store) ForgetIdle(ctx context.Context, idle time.Duration) (int64, error) {
+func (s *Store) ForgetIdle(ctx context.Context, session string, idle time.Duration) (int64, error) {
 	tag, err := s.pool.Exec(ctx, `DELETE FROM rowcast.room_position
-		WHERE inflight IS NULL AND updated_at < now() - $1::interval`, idle)
+		WHERE (inflight IS NULL OR inflight = $2) AND updated_at < now() - $1::interval`, idle, session)
 	if err != nil {
 		return 0, fmt.Errorf("forget idle room positions: %w", err)
 	}

@@ -190,22 +190,31 @@ func TestClaimAndRecordPositions(t *testing.T) {
 	if p := b.Positions["r2"]; !p.Unsure {
 		t.Fatalf("r2 claimed by a dead session: %+v, want unsure", p)
 	}
-	if _, err := pool.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('r1', 'a', '4')`); err != nil {
+	// s2 ends cleanly: its marks go. s1's mark on r1 stays (recording does
+	// not clear a mark; s1 never ended cleanly).
+	if err := store.Release(ctx, "s2", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('r1', 'a', '4'), ('r2', 'a', '5')`); err != nil {
 		t.Fatal(err)
 	}
 	b, err = store.Claim(ctx, 10, "s3")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := realtime.Position{Last: realtime.ID{Epoch: "e1", Offset: 1}, Run: "run1"}
+	want := realtime.Position{Last: realtime.ID{Epoch: "e1", Offset: 1}, Run: "run1", Unsure: true}
 	if p := b.Positions["r1"]; p != want {
-		t.Fatalf("recorded r1: %+v, want %+v", p, want)
+		t.Fatalf("r1 recorded, then claimed by s2 (never released): %+v, want %+v", p, want)
 	}
-	// Positions of idle rooms are forgotten, those in flight kept.
-	if err := store.Record(ctx, outbox.Published{Positions: map[realtime.Room]realtime.Position{"r1": want}}); err != nil {
+	if p := b.Positions["r2"]; p.Unsure {
+		t.Fatalf("r2 after s2 released: %+v, want not unsure", p)
+	}
+	// s3 ends with r1 stuck: r1 keeps its mark; r2's goes.
+	if err := store.Release(ctx, "s3", []string{"r1"}); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := store.ForgetIdle(ctx, time.Microsecond); err != nil || n != 1 {
-		t.Fatalf("forget idle: %d, %v; want 1 (r1; r2 is in flight)", n, err)
+	// Positions of idle rooms are forgotten, those another session marked kept.
+	if n, err := store.ForgetIdle(ctx, "s4", time.Microsecond); err != nil || n != 1 {
+		t.Fatalf("forget idle: %d, %v; want 1 (r2; r1 is marked by s3)", n, err)
 	}
 }

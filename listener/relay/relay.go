@@ -150,6 +150,7 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 		_, err := conn.WaitForNotification(wctx)
 		cancel()
 		if ctx.Err() != nil {
+			r.release(ctx, session)
 			return nil
 		}
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
@@ -164,7 +165,7 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 			if perr != nil {
 				return fmt.Errorf("ping listen connection: %w", perr)
 			}
-			r.forgetIdle(ctx)
+			r.forgetIdle(ctx, session)
 		}
 		if err := r.drain(ctx, session); err != nil {
 			return err
@@ -172,16 +173,31 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 	}
 }
 
+// release clears the session's marks as it stops between batches: all it
+// published is recorded, except for rooms still stuck. A failure only
+// costs the next leader caution.
+func (r *Relay) release(ctx context.Context, session string) {
+	keep := make([]string, 0, len(r.stuck))
+	for room := range r.stuck {
+		keep = append(keep, string(room))
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := r.store.Release(rctx, session, keep); err != nil {
+		r.log.Warn("release room marks", "err", err)
+	}
+}
+
 // forgetIdle removes positions of rooms idle longer than ForgetAfter, at
 // most once an hour. A failure only delays it.
-func (r *Relay) forgetIdle(ctx context.Context) {
+func (r *Relay) forgetIdle(ctx context.Context, session string) {
 	if r.cfg.ForgetAfter <= 0 || time.Since(r.lastForget) < time.Hour {
 		return
 	}
 	r.lastForget = time.Now()
 	fctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	n, err := r.store.ForgetIdle(fctx, r.cfg.ForgetAfter)
+	n, err := r.store.ForgetIdle(fctx, session, r.cfg.ForgetAfter)
 	if err != nil {
 		r.log.Warn("forget idle room positions", "err", err)
 		return
