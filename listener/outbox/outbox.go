@@ -51,11 +51,12 @@ type Published struct {
 // claim reads the oldest rows with their rooms' positions and marks those
 // rooms as in flight for session $2, in one statement (Postgres runs a
 // data-modifying WITH part whether or not it is read). The positions come
-// from the statement's snapshot, before the mark. A room keeps its mark
+// from the statement's snapshot, before the mark. Only room names short
+// enough to be valid are marked (a long one could exceed an index entry;
+// the relay rejects invalid rows). A room keeps its mark
 // while the session lives (recording does not clear it), so a busy room
 // costs no write here; Release clears a session's marks when it ends
-// cleanly. Rooms with names no
-// client could use are not marked (their rows are rejected by the relay).
+// cleanly.
 const claim = `
 	WITH batch AS (
 		SELECT id, room, table_name, op, row_data, captured_at
@@ -65,7 +66,7 @@ const claim = `
 		FROM rowcast.room_position WHERE room IN (SELECT room FROM batch)
 	), mark AS (
 		INSERT INTO rowcast.room_position AS p (room, inflight)
-		SELECT DISTINCT room, $2 FROM batch WHERE room ~ '^[A-Za-z0-9_.:-]{1,128}$'
+		SELECT DISTINCT room, $2 FROM batch WHERE length(room) <= 128
 		ON CONFLICT (room) DO UPDATE SET inflight = EXCLUDED.inflight
 		WHERE p.inflight IS DISTINCT FROM EXCLUDED.inflight
 	)
