@@ -36,8 +36,8 @@ func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 type Batch struct {
 	Rows []Row
 	// Positions holds, per room of Rows with a valid name, the room's
-	// recorded position; Unsure is set when another relay session claimed
-	// the room and never recorded what it published.
+	// recorded position; Unsure is set when another relay session marked
+	// the room and never released it (see Mark).
 	Positions map[realtime.Room]realtime.Position
 }
 
@@ -48,33 +48,9 @@ type Published struct {
 	Positions map[realtime.Room]realtime.Position
 }
 
-// claim reads the oldest rows with their rooms' positions and marks those
-// rooms as in flight for session $2, in one statement (Postgres runs a
-// data-modifying WITH part whether or not it is read). The positions come
-// from the statement's snapshot, before the mark. Only room names short
-// enough to be valid are marked (a long one could exceed an index entry;
-// the relay rejects invalid rows). A room keeps its mark
-// while the session lives (recording does not clear it), so a busy room
-// costs no write here; Release clears a session's marks when it ends
-// cleanly.
-const claim = `
-	WITH batch AS (
-		SELECT id, room, table_name, op, row_data, captured_at
-		FROM rowcast.outbox ORDER BY id LIMIT $1
-	), prior AS (
-		SELECT room, epoch, last_offset, redis_run, inflight
-		FROM rowcast.room_position WHERE room IN (SELECT room FROM batch)
-	), mark AS (
-		INSERT INTO rowcast.room_position AS p (room, inflight)
-		SELECT DISTINCT room, $2 FROM batch WHERE length(room) <= 128
-		ON CONFLICT (room) DO UPDATE SET inflight = EXCLUDED.inflight
-		WHERE p.inflight IS DISTINCT FROM EXCLUDED.inflight
-	)
-	SELECT b.id, b.room, b.table_name, b.op, b.row_data::text, b.captured_at,
-		coalesce(p.epoch, ''), coalesce(p.last_offset, 0), coalesce(p.redis_run, ''),
-		coalesce(p.inflight, '')
-	FROM batch b LEFT JOIN prior p USING (room)
-	ORDER BY b.id`
+const selectOldest = `
+	SELECT id, room, table_name, op, row_data::text, captured_at
+	FROM rowcast.outbox ORDER BY id LIMIT $1`
 
 const deleteIDs = `DELETE FROM rowcast.outbox WHERE id = ANY($1)`
 
@@ -85,6 +61,66 @@ const record = `
 	FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) AS u(room, epoch, last_offset, redis_run)
 	ON CONFLICT (room) DO UPDATE SET epoch = EXCLUDED.epoch, last_offset = EXCLUDED.last_offset,
 		redis_run = EXCLUDED.redis_run, updated_at = EXCLUDED.updated_at`
+
+// mark returns the recorded positions of rooms $1 and marks them as in
+// flight for session $2, in one statement (Postgres runs a data-modifying
+// WITH part whether or not it is read; the positions come from the
+// statement's snapshot, before the mark).
+const mark = `
+	WITH prior AS (
+		SELECT room, epoch, last_offset, redis_run, inflight
+		FROM rowcast.room_position WHERE room = ANY($1)
+	), marked AS (
+		INSERT INTO rowcast.room_position AS p (room, inflight)
+		SELECT unnest($1::text[]), $2
+		ON CONFLICT (room) DO UPDATE SET inflight = EXCLUDED.inflight
+		WHERE p.inflight IS DISTINCT FROM EXCLUDED.inflight
+	)
+	SELECT room, epoch, last_offset, redis_run, coalesce(inflight, '') FROM prior`
+
+// Oldest returns up to limit rows in id order. Rows stay in the outbox until
+// Record: a crash after Oldest loses nothing.
+func (s *Store) Oldest(ctx context.Context, limit int) ([]Row, error) {
+	rows, err := s.pool.Query(ctx, selectOldest, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	return collect(rows)
+}
+
+// Mark returns the recorded positions of rooms and marks them as in flight
+// for session: until the session releases them (Release), a later leader
+// knows that Redis may hold a publish of theirs that Postgres never
+// recorded, and such a room's position comes back Unsure. A session marks a
+// room once, before its first publish of the room; the mark stays while the
+// session lives.
+func (s *Store) Mark(ctx context.Context, session string, rooms []realtime.Room) (map[realtime.Room]realtime.Position, error) {
+	names := make([]string, len(rooms))
+	for i, r := range rooms {
+		names[i] = string(r)
+	}
+	rows, err := s.pool.Query(ctx, mark, names, session)
+	if err != nil {
+		return nil, fmt.Errorf("mark %d rooms: %w", len(rooms), err)
+	}
+	out := make(map[realtime.Room]realtime.Position, len(rooms))
+	var (
+		room, epoch, run, inflight string
+		offset                     int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&room, &epoch, &offset, &run, &inflight}, func() error {
+		out[realtime.Room(room)] = realtime.Position{
+			Last:   realtime.ID{Epoch: epoch, Offset: uint64(offset)},
+			Run:    run,
+			Unsure: inflight != "" && inflight != session,
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mark %d rooms: %w", len(rooms), err)
+	}
+	return out, nil
+}
 
 // Release clears session's in-flight marks, except on the rooms in keep
 // (their last publish has an unknown outcome). Call it only when the
@@ -102,18 +138,6 @@ func (s *Store) Release(ctx context.Context, session string, keep []string) erro
 	return nil
 }
 
-// Claim returns up to limit rows in id order with their rooms' positions,
-// and marks those rooms as in flight for session. Rows stay in the outbox
-// until Record: a crash after Claim loses nothing, and the mark tells the
-// next leader that Redis may hold a publish Postgres never recorded.
-func (s *Store) Claim(ctx context.Context, limit int, session string) (Batch, error) {
-	rows, err := s.pool.Query(ctx, claim, limit, session)
-	if err != nil {
-		return Batch{}, fmt.Errorf("claim outbox rows: %w", err)
-	}
-	return collect(rows, session)
-}
-
 // Record deletes published rows and stores their rooms' positions in one
 // transaction.
 func (s *Store) Record(ctx context.Context, p Published) error {
@@ -128,24 +152,24 @@ func (s *Store) Record(ctx context.Context, p Published) error {
 	return nil
 }
 
-// RecordThenClaim is Record followed by Claim in one round trip (a
+// RecordThenOldest is Record followed by Oldest in one round trip (a
 // pipelined batch, run as one implicit transaction).
-func (s *Store) RecordThenClaim(ctx context.Context, p Published, limit int, session string) (Batch, error) {
+func (s *Store) RecordThenOldest(ctx context.Context, p Published, limit int) ([]Row, error) {
 	b := &pgx.Batch{}
 	queueRecord(b, p)
-	b.Queue(claim, limit, session)
+	b.Queue(selectOldest, limit)
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
 	for range b.Len() - 1 {
 		if _, err := br.Exec(); err != nil {
-			return Batch{}, fmt.Errorf("record %d published rows: %w", len(p.IDs), err)
+			return nil, fmt.Errorf("record %d published rows: %w", len(p.IDs), err)
 		}
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return Batch{}, fmt.Errorf("claim outbox rows: %w", err)
+		return nil, fmt.Errorf("read outbox: %w", err)
 	}
-	return collect(rows, session)
+	return collect(rows)
 }
 
 func queueRecord(b *pgx.Batch, p Published) {
@@ -166,33 +190,18 @@ func queueRecord(b *pgx.Batch, p Published) {
 	b.Queue(record, rooms, epochs, offsets, runs)
 }
 
-func collect(rows pgx.Rows, session string) (Batch, error) {
-	batch := Batch{Positions: map[realtime.Room]realtime.Position{}}
-	var (
-		data, epoch, run, inflight string
-		offset                     int64
-	)
-	for rows.Next() {
+func collect(rows pgx.Rows) ([]Row, error) {
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Row, error) {
 		var row Row
-		if err := rows.Scan(&row.ID, &row.Room, &row.Table, &row.Op, &data, &row.CapturedAt,
-			&epoch, &offset, &run, &inflight); err != nil {
-			rows.Close()
-			return Batch{}, fmt.Errorf("read outbox: %w", err)
-		}
+		var data string
+		err := r.Scan(&row.ID, &row.Room, &row.Table, &row.Op, &data, &row.CapturedAt)
 		row.Data = []byte(data)
-		batch.Rows = append(batch.Rows, row)
-		if room, err := realtime.ParseRoom(row.Room); err == nil {
-			batch.Positions[room] = realtime.Position{
-				Last:   realtime.ID{Epoch: epoch, Offset: uint64(offset)},
-				Run:    run,
-				Unsure: inflight != "" && inflight != session,
-			}
-		}
+		return row, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
 	}
-	if err := rows.Err(); err != nil {
-		return Batch{}, fmt.Errorf("read outbox: %w", err)
-	}
-	return batch, nil
+	return out, nil
 }
 
 // Reject moves rows that can never be published to rowcast.rejected with the

@@ -90,11 +90,10 @@ func TestCaptureTrigger(t *testing.T) {
 	}
 	defer pool.Close()
 	store := outbox.NewStore(pool)
-	claimed, err := store.Claim(ctx, 1000, "s1")
+	rows, err := store.Oldest(ctx, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows := claimed.Rows
 	if len(rows) != 52 {
 		t.Fatalf("%d outbox rows, want 52", len(rows))
 	}
@@ -116,9 +115,9 @@ func TestCaptureTrigger(t *testing.T) {
 	if err != nil || n != 52 || oldest.IsZero() {
 		t.Fatalf("depth %d, oldest %v, %v", n, oldest, err)
 	}
-	next, err := store.RecordThenClaim(ctx, outbox.Published{IDs: []int64{rows[0].ID, rows[1].ID}}, 10, "s1")
-	if err != nil || len(next.Rows) != 10 || next.Rows[0].ID != rows[2].ID {
-		t.Fatalf("RecordThenClaim: %d rows, %v", len(next.Rows), err)
+	next, err := store.RecordThenOldest(ctx, outbox.Published{IDs: []int64{rows[0].ID, rows[1].ID}}, 10)
+	if err != nil || len(next) != 10 || next[0].ID != rows[2].ID {
+		t.Fatalf("RecordThenOldest: %d rows, %v", len(next), err)
 	}
 	if err := store.Reject(ctx, []int64{rows[2].ID}, "test"); err != nil {
 		t.Fatal(err)
@@ -136,16 +135,17 @@ func TestCaptureTrigger(t *testing.T) {
 	}
 	// A row far over NOTIFY's 8000-byte payload limit is captured like any other.
 	exec(`INSERT INTO public.account VALUES (200, 'big', $1, 'h', 'e')`, strings.Repeat("x", 100_000))
-	big, err := store.Claim(ctx, 1000, "s1")
-	if err != nil || !strings.Contains(string(big.Rows[len(big.Rows)-1].Data), strings.Repeat("x", 100_000)) {
+	big, err := store.Oldest(ctx, 1000)
+	if err != nil || !strings.Contains(string(big[len(big)-1].Data), strings.Repeat("x", 100_000)) {
 		t.Fatalf("big row not captured whole: %v", err)
 	}
 }
 
-// Positions: a claim marks the rooms it read as in flight for its session;
-// recording clears the mark; a claim by another session sees the mark as
-// "unsure" (a publish may have happened that was never recorded).
-func TestClaimAndRecordPositions(t *testing.T) {
+// Positions: marking a room returns its recorded position; a mark left by
+// another session that never released it makes the position "unsure" (a
+// publish may have happened that was never recorded); recording keeps the
+// mark, releasing clears it.
+func TestMarkAndRecordPositions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs Docker (run without -short)")
 	}
@@ -164,65 +164,50 @@ func TestClaimAndRecordPositions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	if _, err := pool.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('r1', 'a', '1'), ('r2', 'a', '2'), ('bad room', 'a', '3')`); err != nil {
-		t.Fatal(err)
-	}
 	store := outbox.NewStore(pool)
-	b, err := store.Claim(ctx, 10, "s1")
-	if err != nil || len(b.Rows) != 3 || len(b.Positions) != 2 {
-		t.Fatalf("claim: %d rows, positions %v, %v", len(b.Rows), b.Positions, err)
+	mark := func(session string, rooms ...realtime.Room) map[realtime.Room]realtime.Position {
+		t.Helper()
+		got, err := store.Mark(ctx, session, rooms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
 	}
-	if p := b.Positions["r1"]; p != (realtime.Position{}) {
-		t.Fatalf("new room's position %+v, want zero", p)
+	if got := mark("s1", "r1", "r2"); got["r1"] != (realtime.Position{}) || got["r2"] != (realtime.Position{}) {
+		t.Fatalf("new rooms: %+v, want zero positions", got)
 	}
-	// The same session claims again (a retry): not unsure.
-	if b, err = store.Claim(ctx, 10, "s1"); err != nil || b.Positions["r1"].Unsure {
-		t.Fatalf("own claim: %+v, %v", b.Positions, err)
+	if got := mark("s1", "r1"); got["r1"].Unsure {
+		t.Fatalf("marked again by its own session: %+v, want not unsure", got["r1"])
 	}
-	// r1 is recorded; r2 stays in flight when session s1 dies.
-	done := outbox.Published{IDs: []int64{b.Rows[0].ID}, Positions: map[realtime.Room]realtime.Position{
-		"r1": {Last: realtime.ID{Epoch: "e1", Offset: 1}, Run: "run1"},
-	}}
-	b, err = store.RecordThenClaim(ctx, done, 10, "s2")
-	if err != nil || len(b.Rows) != 2 {
-		t.Fatalf("record then claim: %d rows, %v", len(b.Rows), err)
-	}
-	if p := b.Positions["r2"]; !p.Unsure {
-		t.Fatalf("r2 claimed by a dead session: %+v, want unsure", p)
-	}
-	// s2 ends cleanly: its marks go. s1's mark on r1 stays (recording does
-	// not clear a mark; s1 never ended cleanly).
-	if err := store.Release(ctx, "s2", nil); err != nil {
+	rec := realtime.Position{Last: realtime.ID{Epoch: "e1", Offset: 1}, Run: "run1"}
+	if err := store.Record(ctx, outbox.Published{Positions: map[realtime.Room]realtime.Position{"r1": rec}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pool.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('r1', 'a', '4'), ('r2', 'a', '5')`); err != nil {
+	// s1 dies; s2 takes over: both rooms are unsure, r1 at its record.
+	got := mark("s2", "r1", "r2")
+	if want := (realtime.Position{Last: rec.Last, Run: rec.Run, Unsure: true}); got["r1"] != want || !got["r2"].Unsure {
+		t.Fatalf("after s1 died: %+v, want r1 %+v and r2 unsure", got, want)
+	}
+	// s2 ends cleanly with r2 stuck: r1's mark goes, r2 keeps it.
+	if err := store.Release(ctx, "s2", []string{"r2"}); err != nil {
 		t.Fatal(err)
 	}
-	b, err = store.Claim(ctx, 10, "s3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := realtime.Position{Last: realtime.ID{Epoch: "e1", Offset: 1}, Run: "run1", Unsure: true}
-	if p := b.Positions["r1"]; p != want {
-		t.Fatalf("r1 recorded, then claimed by s2 (never released): %+v, want %+v", p, want)
-	}
-	if p := b.Positions["r2"]; p.Unsure {
-		t.Fatalf("r2 after s2 released: %+v, want not unsure", p)
-	}
-	// s3 ends with r1 stuck: r1 keeps its mark; r2's goes.
-	if err := store.Release(ctx, "s3", []string{"r1"}); err != nil {
-		t.Fatal(err)
+	got = mark("s3", "r1", "r2")
+	if got["r1"] != rec || !got["r2"].Unsure {
+		t.Fatalf("after s2 released all but r2: %+v, want r1 %+v and r2 unsure", got, rec)
 	}
 	// Positions of idle rooms are forgotten, those another session marked kept.
+	if err := store.Release(ctx, "s3", []string{"r2"}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := store.ForgetIdle(ctx, "s4", time.Microsecond); err != nil {
 		t.Fatal(err)
 	}
-	var left []string
 	rows, err := pool.Query(ctx, `SELECT room FROM rowcast.room_position ORDER BY room`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if left, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil || len(left) != 1 || left[0] != "r1" {
-		t.Fatalf("positions left after forgetting idle rooms: %v, %v; want [r1] (marked by s3)", left, err)
+	if left, err := pgx.CollectRows(rows, pgx.RowTo[string]); err != nil || len(left) != 1 || left[0] != "r2" {
+		t.Fatalf("positions left after forgetting idle rooms: %v, %v; want [r2] (marked by s3)", left, err)
 	}
 }

@@ -64,8 +64,9 @@ type Relay struct {
 	// was not where Postgres recorded them (for metrics).
 	OnBatch func(size, newEpochs int)
 
-	lastForget time.Time                   // used by the session goroutine only
-	stuck      map[realtime.Room]stuckRoom // the session's rooms to publish again; see publish
+	lastForget time.Time                           // used by the session goroutine only
+	stuck      map[realtime.Room]stuckRoom         // the session's rooms to publish again; see publish
+	known      map[realtime.Room]realtime.Position // the session's marked rooms, as recorded; see positions
 
 	leader    atomic.Bool
 	readyOnce sync.Once
@@ -124,6 +125,7 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 	// What another session left unpublished comes back from the outbox,
 	// marked as claimed by it.
 	r.stuck = map[realtime.Room]stuckRoom{}
+	r.known = map[realtime.Room]realtime.Position{}
 	r.log.Info("leading: relaying outbox to redis", "session", session)
 	// Releasing matters when the process stays up (a standby takes over at
 	// once); closing the connection releases it too.
@@ -204,6 +206,9 @@ func (r *Relay) forgetIdle(ctx context.Context, session string) {
 	}
 	if n > 0 {
 		r.log.Info("forgot positions of idle rooms", "rooms", n)
+		// Rooms forgotten in Postgres are marked again before their next
+		// publish.
+		clear(r.known)
 	}
 }
 
@@ -241,12 +246,19 @@ func (r *Relay) acquire(ctx context.Context, conn *pgx.Conn) error {
 // record of one batch and the claim of the next share a round trip.
 func (r *Relay) drain(ctx context.Context, session string) error {
 	qctx, cancel := context.WithTimeout(ctx, opTimeout)
-	batch, err := r.store.Claim(qctx, r.cfg.BatchSize, session)
+	rows, err := r.store.Oldest(qctx, r.cfg.BatchSize)
 	cancel()
-	for err == nil && len(batch.Rows) > 0 {
+	for err == nil && len(rows) > 0 {
+		var batch outbox.Batch
+		if batch, err = r.positions(ctx, session, rows); err != nil {
+			return err
+		}
 		var done outbox.Published
 		if done, err = r.publish(ctx, batch); err != nil {
 			return err
+		}
+		for room, pos := range done.Positions {
+			r.known[room] = pos
 		}
 		if len(done.Positions) == 0 && len(r.stuck) > 0 {
 			// Nothing went through (a Cluster master is down): pace the
@@ -260,15 +272,51 @@ func (r *Relay) drain(ctx context.Context, session string) error {
 			}
 		}
 		qctx, cancel := context.WithTimeout(ctx, opTimeout)
-		if len(batch.Rows) < r.cfg.BatchSize && len(r.stuck) == 0 {
+		if len(rows) < r.cfg.BatchSize && len(r.stuck) == 0 {
 			err = r.store.Record(qctx, done)
-			batch = outbox.Batch{}
+			rows = nil
 		} else {
-			batch, err = r.store.RecordThenClaim(qctx, done, r.cfg.BatchSize, session)
+			rows, err = r.store.RecordThenOldest(qctx, done, r.cfg.BatchSize)
 		}
 		cancel()
 	}
 	return err
+}
+
+// positions pairs rows with their rooms' recorded positions. This session
+// knows the rooms it has published (it is the only writer); a room new to
+// it is first marked in Postgres (see outbox.Store.Mark), which costs a
+// round trip once per room and session, not per batch.
+func (r *Relay) positions(ctx context.Context, session string, rows []outbox.Row) (outbox.Batch, error) {
+	b := outbox.Batch{Rows: rows, Positions: map[realtime.Room]realtime.Position{}}
+	var unknown []realtime.Room
+	for _, row := range rows {
+		room, err := realtime.ParseRoom(row.Room)
+		if err != nil {
+			continue // rejected in publish
+		}
+		if pos, ok := r.known[room]; ok {
+			b.Positions[room] = pos
+		} else if _, seen := b.Positions[room]; !seen {
+			b.Positions[room] = realtime.Position{}
+			unknown = append(unknown, room)
+		}
+	}
+	if len(unknown) == 0 {
+		return b, nil
+	}
+	mctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	marked, err := r.store.Mark(mctx, session, unknown)
+	if err != nil {
+		return outbox.Batch{}, err
+	}
+	for _, room := range unknown {
+		pos := marked[room] // zero when the room has no position yet
+		b.Positions[room] = pos
+		r.known[room] = pos
+	}
+	return b, nil
 }
 
 // stuckRoom is a room whose last publish failed on its shard while others
