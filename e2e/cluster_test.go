@@ -212,17 +212,19 @@ func idRanges(sub *wire.Subscriber) string {
 
 // reusedIDs counts event ids that carried different rows across subs.
 func reusedIDs(subs []*wire.Subscriber) (int, string) {
+	// Ids order events within a room: rooms that started an epoch in the
+	// same publish share its name, so the key is room and id.
 	bodies := map[string]string{}
 	reused := map[string]bool{}
 	example := ""
 	for _, sub := range subs {
 		for _, ev := range sub.Events() {
-			b := wire.Body(ev)
-			if prev, ok := bodies[ev.ID]; ok && prev != b && !reused[ev.ID] {
-				reused[ev.ID] = true
-				example = fmt.Sprintf("%s: %s and %s", ev.ID, prev, b)
+			b, key := wire.Body(ev), ev.Room+"@"+ev.ID
+			if prev, ok := bodies[key]; ok && prev != b && !reused[key] {
+				reused[key] = true
+				example = fmt.Sprintf("%s: %s and %s", key, prev, b)
 			} else if !ok {
-				bodies[ev.ID] = b
+				bodies[key] = b
 			}
 		}
 	}

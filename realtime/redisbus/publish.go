@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -40,16 +41,22 @@ const dedupeKeep = 10000
 // KEYS: epoch, seq, history, published. ARGV: 1 candidate epoch, 2 history
 // length, 3 ttl ms, 4 dedupe keep, 5 channel, 6 recorded epoch, 7 recorded
 // offset, 8 recorded run, 9 unsure ("1" or "0"), 10 the publish command
-// (PUBLISH or SPUBLISH), then pairs of (outbox id, tail). Returns {epoch,
-// offset, run, new events, why a new epoch began or ""}.
+// (PUBLISH or SPUBLISH), 11 whether to read the run_id ("1" or "0"; INFO is
+// the script's costliest call, so the publisher asks about once a second
+// per room, and always when unsure), then pairs of (outbox id, tail).
+// Returns {epoch, offset, run or "" when not read, new events, why a new
+// epoch began or ""}.
 var publishScript = redis.NewScript(`
 -- The server's run_id changes with every restart and failover. A Redis
 -- that will not tell gives '' and is never trusted to have kept a publish.
-local ok, info = pcall(redis.call, 'INFO', 'server')
-local run = ok and string.match(info, 'run_id:(%x+)') or ''
+local recEpoch, recOff, recRun, unsure = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9] == '1'
+local run = ''
+if unsure or ARGV[11] == '1' then
+  local ok, info = pcall(redis.call, 'INFO', 'server')
+  run = ok and string.match(info, 'run_id:(%x+)') or ''
+end
 local epoch = redis.call('GET', KEYS[1])
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
-local recEpoch, recOff, recRun, unsure = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9] == '1'
 
 local function check()
   if not epoch then
@@ -70,7 +77,7 @@ local function check()
     -- Redis is ahead: only a publish that was not recorded, of rows still in
     -- the outbox (so in this batch), explains it.
     local batch = {}
-    for i = 11, #ARGV, 2 do batch[ARGV[i]] = true end
+    for i = 12, #ARGV, 2 do batch[ARGV[i]] = true end
     local ahead = redis.call('ZRANGE', KEYS[4], '(' .. recOff, seq, 'BYSCORE')
     if #ahead ~= seq - recOff then return 'ahead, not explained' end
     for _, id in ipairs(ahead) do
@@ -88,7 +95,7 @@ if why ~= '' or not epoch then
   redis.call('SET', KEYS[1], epoch)
 end
 local n = 0
-for i = 11, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   if redis.call('ZADD', KEYS[4], 'NX', seq + 1, ARGV[i]) == 1 then
     seq = seq + 1
     local msg = '{"id":"' .. epoch .. '-' .. seq .. '"' .. ARGV[i+1]
@@ -113,11 +120,26 @@ type Publisher struct {
 	client redis.UniversalClient
 	limits HistoryLimits
 	kind   pubsubKind
+
+	mu   sync.Mutex
+	runs map[realtime.Room]seenRun // the run_id each room's server last told
 }
+
+// seenRun is a run_id and when a script read it.
+type seenRun struct {
+	id string
+	at time.Time
+}
+
+// runRefresh is how often a room's script is asked for the server's run_id.
+// A position recorded with a run_id up to this old is safe: a run_id is
+// never reused, so an older one can only make a later check find a restart
+// where there was none (a needless reset), never miss one.
+const runRefresh = time.Second
 
 // NewPublisher returns a Publisher writing through client.
 func NewPublisher(client redis.UniversalClient, limits HistoryLimits) *Publisher {
-	return &Publisher{client: client, limits: limits, kind: kindFor(client)}
+	return &Publisher{client: client, limits: limits, kind: kindFor(client), runs: map[realtime.Room]seenRun{}}
 }
 
 // Sharded reports whether the publisher writes to a Cluster, where one
@@ -200,20 +222,23 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded ma
 	// Group by room, keeping each room's order.
 	var rooms []realtime.Room
 	byRoom := map[realtime.Room][]any{}
+	now := time.Now()
+	p.mu.Lock()
 	for _, e := range events {
 		args, ok := byRoom[e.Room]
 		if !ok {
 			rooms = append(rooms, e.Room)
 			rec := recorded[e.Room]
-			unsure := "0"
-			if rec.Unsure {
-				unsure = "1"
+			readRun := "0"
+			if seen, ok := p.runs[e.Room]; !ok || now.Sub(seen.at) >= runRefresh {
+				readRun = "1"
 			}
 			args = []any{epoch, p.limits.Len, p.limits.TTL.Milliseconds(), dedupeKeep, keysFor(e.Room).channel,
-				rec.Last.Epoch, rec.Last.Offset, rec.Run, unsure, p.kind.publishCommand()}
+				rec.Last.Epoch, rec.Last.Offset, rec.Run, flag(rec.Unsure), p.kind.publishCommand(), readRun}
 		}
 		byRoom[e.Room] = append(args, e.OutboxID, e.Tail)
 	}
+	p.mu.Unlock()
 	cmds := p.run(ctx, rooms, byRoom)
 	for i, c := range cmds {
 		out, err := c.Slice()
@@ -232,6 +257,16 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded ma
 		run, _ := out[2].(string)
 		n, _ := out[3].(int64)
 		why, _ := out[4].(string)
+		p.mu.Lock()
+		if run != "" {
+			if len(p.runs) >= maxSeenRuns {
+				p.forgetOldRunsLocked(now)
+			}
+			p.runs[rooms[i]] = seenRun{id: run, at: now}
+		} else {
+			run = p.runs[rooms[i]].id
+		}
+		p.mu.Unlock()
 		res.Positions[rooms[i]] = realtime.Position{Last: realtime.ID{Epoch: ep, Offset: uint64(off)}, Run: run}
 		res.New += int(n)
 		if why != "" {
@@ -321,6 +356,25 @@ func (p *Publisher) run(ctx context.Context, rooms []realtime.Room, args map[rea
 		}
 	}
 	return cmds
+}
+
+// maxSeenRuns bounds the run_id cache; past it, entries too old to be used
+// are dropped (a dropped room's next script reads the run_id again).
+const maxSeenRuns = 4096
+
+func (p *Publisher) forgetOldRunsLocked(now time.Time) {
+	for r, seen := range p.runs {
+		if now.Sub(seen.at) >= runRefresh {
+			delete(p.runs, r)
+		}
+	}
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
 
 func isNoScript(err error) bool {

@@ -3,6 +3,8 @@ package redisbus
 import (
 	"context"
 	"errors"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,6 +118,31 @@ func TestPublishNoticesRedisGoingBack(t *testing.T) {
 		was.Unsure, was.Run = true, "0123"
 		rec["unsure"] = was
 		expectNewEpoch(t, rec, "unsure", 6, "unrecorded publish, then a restart")
+	})
+	t.Run("run_id read about once a second", func(t *testing.T) {
+		infoCalls := func() int {
+			t.Helper()
+			stats, err := c.Info(ctx, "commandstats").Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, rest, _ := strings.Cut(stats, "cmdstat_info:calls=")
+			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+			return n
+		}
+		rec := ledger{}
+		pub := NewPublisher(c, HistoryLimits{Len: 100, TTL: time.Hour})
+		before := infoCalls()
+		for i := range 20 {
+			if _, err := rec.publish(ctx, pub, events("often", 1+i, 1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// One read by the scripts (fast enough to stay within a second),
+		// one by infoCalls itself.
+		if n := infoCalls() - before; n > 2 || rec["often"].Run == "" {
+			t.Fatalf("20 publishes read INFO %d times (want 1 and the check's own), recorded run %q", n-1, rec["often"].Run)
+		}
 	})
 	t.Run("epoch an edge created before the first event is kept", func(t *testing.T) {
 		b := New(c, Options{})
