@@ -5,11 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/rowcast/rowcast/e2e/proc"
 	"github.com/rowcast/rowcast/e2e/wire"
@@ -61,64 +58,6 @@ func allRooms(byShard map[*testenv.Node][]string) []string {
 	sort.Strings(rooms)
 	return rooms
 }
-
-// roomInserter is the fault tests' inserter over any rooms: it commits
-// rows at a steady pace, round robin over rooms, until stopped. Rows carry
-// the author "fault", so committed() returns them.
-type roomInserter struct {
-	url      string
-	rooms    []string
-	attempts atomic.Int64
-	stop     chan struct{}
-	done     chan struct{}
-}
-
-func startRoomInserter(ctx context.Context, url string, rooms []string) *roomInserter {
-	in := &roomInserter{url: url, rooms: rooms, stop: make(chan struct{}), done: make(chan struct{})}
-	go in.run(ctx)
-	return in
-}
-
-func (in *roomInserter) run(ctx context.Context) {
-	defer close(in.done)
-	var conn *pgx.Conn
-	defer func() {
-		if conn != nil {
-			conn.Close(context.Background())
-		}
-	}()
-	tick := time.NewTicker(4 * time.Millisecond)
-	defer tick.Stop()
-	for i := 0; ; i++ {
-		select {
-		case <-in.stop:
-			return
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		if conn == nil {
-			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			c, err := pgx.Connect(cctx, in.url)
-			cancel()
-			if err != nil {
-				continue
-			}
-			conn = c
-		}
-		n := in.attempts.Add(1)
-		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := conn.Exec(ictx, `INSERT INTO chat_message (room, author, body) VALUES ($1, 'fault', $2)`,
-			in.rooms[i%len(in.rooms)], fmt.Sprintf("row-%d", n))
-		cancel()
-		if err != nil {
-			conn.Close(context.Background())
-			conn = nil
-		}
-	}
-}
-
-func (in *roomInserter) finish() { close(in.stop); <-in.done }
 
 // subscribeAll starts subscribers and waits until each one's rooms are
 // confirmed.
@@ -289,7 +228,7 @@ func TestClusterEdges(t *testing.T) {
 	}
 	subscribeAll(ctx, t, subs)
 	r := &rig{s: s, subs: subs}
-	in := startRoomInserter(ctx, s.pgURL, rooms)
+	in := startInserter(ctx, s.pgURL, rooms...)
 	began := time.Now()
 	r.waitProgress(ctx, t, 100, "under load")
 	in.finish()

@@ -33,7 +33,7 @@ func TestDrainToSecondEdge(t *testing.T) {
 		}
 	}
 	r := &rig{s: s, subs: subs}
-	in := startInserter(ctx, s.pgURL)
+	in := startInserter(ctx, s.pgURL, faultRooms...)
 	r.waitProgress(ctx, t, 20, "before the drain")
 	start := time.Now()
 	if err := a.Stop(syscall.SIGTERM); err != nil {

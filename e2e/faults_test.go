@@ -66,18 +66,20 @@ func newRig(ctx context.Context, t *testing.T, redisArgs []string, listenerEnv .
 	return r
 }
 
-// inserter commits rows at a steady pace, alternating rooms, until stopped.
+// inserter commits rows at a steady pace, round robin over its rooms, until
+// stopped. Rows carry the author "fault", so committed() returns them.
 // A failed insert is retried as a new row (its body names the attempt), so
 // a commit whose outcome was unknown can never be mistaken for a duplicate.
 type inserter struct {
 	url      string
+	rooms    []string
 	attempts atomic.Int64
 	stop     chan struct{}
 	done     chan struct{}
 }
 
-func startInserter(ctx context.Context, url string) *inserter {
-	in := &inserter{url: url, stop: make(chan struct{}), done: make(chan struct{})}
+func startInserter(ctx context.Context, url string, rooms ...string) *inserter {
+	in := &inserter{url: url, rooms: rooms, stop: make(chan struct{}), done: make(chan struct{})}
 	go in.run(ctx)
 	return in
 }
@@ -112,7 +114,7 @@ func (in *inserter) run(ctx context.Context) {
 		n := in.attempts.Add(1)
 		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := conn.Exec(ictx, `INSERT INTO chat_message (room, author, body) VALUES ($1, 'fault', $2)`,
-			faultRooms[i%2], fmt.Sprintf("row-%d", n))
+			in.rooms[i%len(in.rooms)], fmt.Sprintf("row-%d", n))
 		cancel()
 		if err != nil {
 			conn.Close(context.Background())
@@ -681,7 +683,7 @@ func TestFaults(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
 			r := newRig(ctx, t, f.redisArgs, f.listenerEnv...)
-			in := startInserter(ctx, r.s.pgURL)
+			in := startInserter(ctx, r.s.pgURL, faultRooms...)
 			r.waitProgress(ctx, t, 20, "before the fault")
 			f.inject(ctx, t, r)
 			// A system that stopped delivering fails here, but the row still

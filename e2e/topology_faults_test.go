@@ -158,7 +158,7 @@ func TestTopologyFaults(t *testing.T) {
 		}
 		subscribeAll(ctx, t, subs)
 		r := &rig{s: s, subs: subs}
-		in := startInserter(ctx, s.pgURL)
+		in := startInserter(ctx, s.pgURL, faultRooms...)
 		r.waitProgress(ctx, t, 20, "before the fault")
 		if err := sn.Replica.StopReplicating(ctx); err != nil {
 			t.Fatal(err)
@@ -193,25 +193,13 @@ func TestTopologyFaults(t *testing.T) {
 		rooms := allRooms(byShard)
 		startListener(ctx, t, s)
 		_, base := startApp(ctx, t, s, appEnvFast...)
-		var subs []*wire.Subscriber
-		for _, tr := range []wire.Transport{wire.WebSocket, wire.SSE} {
-			subs = append(subs, wire.NewSubscriber(base, tr, rooms...))
-		}
-		subscribeAll(ctx, t, subs)
-		r := &rig{s: s, subs: subs}
-		in := startRoomInserter(ctx, s.pgURL, rooms)
-		r.waitProgress(ctx, t, 30, "before the fault")
+		r, subs, in := startLoad(ctx, t, s, base, rooms)
 		masters, err := c.Masters(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		victim := masters[0]
-		var others []string
-		for m, rs := range byShard {
-			if m != victim {
-				others = append(others, rs...)
-			}
-		}
+		others := roomsBut(byShard, victim)
 		slot, err := c.Slot(ctx, "rowcast:{"+byShard[victim][0]+"}:live")
 		if err != nil {
 			t.Fatal(err)
@@ -265,25 +253,13 @@ func TestTopologyFaults(t *testing.T) {
 		}
 		startListener(ctx, t, s)
 		_, base := startApp(ctx, t, s, append(appEnvFast, "REDIS_ADDRESS_MAP="+strings.Join(mapping, ","))...)
-		var subs []*wire.Subscriber
-		for _, tr := range []wire.Transport{wire.WebSocket, wire.SSE} {
-			subs = append(subs, wire.NewSubscriber(base, tr, rooms...))
-		}
-		subscribeAll(ctx, t, subs)
-		r := &rig{s: s, subs: subs}
-		in := startRoomInserter(ctx, s.pgURL, rooms)
-		r.waitProgress(ctx, t, 30, "before the fault")
+		r, subs, in := startLoad(ctx, t, s, base, rooms)
 		masters, err := c.Masters(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		cut := masters[0]
-		var others []string
-		for m, rs := range byShard {
-			if m != cut {
-				others = append(others, rs...)
-			}
-		}
+		others := roomsBut(byShard, cut)
 		proxies[cut].setCut(true)
 		waitHTTP(ctx, t, base+"/readyz", func(c int) bool { return c == http.StatusServiceUnavailable }, "edge notices the unreachable shard")
 		waitRooms(ctx, t, subs, others, 30, "other shards while one is unreachable")
@@ -303,4 +279,31 @@ func TestTopologyFaults(t *testing.T) {
 			report(t, "%s", line)
 		}
 	}
+}
+
+// startLoad subscribes a WebSocket and an SSE client to rooms on the edge at
+// base, starts the inserter over rooms and waits until both clients got
+// rows.
+func startLoad(ctx context.Context, t *testing.T, s *stack, base string, rooms []string) (*rig, []*wire.Subscriber, *inserter) {
+	t.Helper()
+	var subs []*wire.Subscriber
+	for _, tr := range []wire.Transport{wire.WebSocket, wire.SSE} {
+		subs = append(subs, wire.NewSubscriber(base, tr, rooms...))
+	}
+	subscribeAll(ctx, t, subs)
+	r := &rig{s: s, subs: subs}
+	in := startInserter(ctx, s.pgURL, rooms...)
+	r.waitProgress(ctx, t, 30, "before the fault")
+	return r, subs, in
+}
+
+// roomsBut returns the rooms of every shard but skip.
+func roomsBut(byShard map[*testenv.Node][]string, skip *testenv.Node) []string {
+	var out []string
+	for m, rs := range byShard {
+		if m != skip {
+			out = append(out, rs...)
+		}
+	}
+	return out
 }

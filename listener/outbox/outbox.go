@@ -31,16 +31,6 @@ type Store struct {
 // NewStore returns a Store on pool.
 func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
-// Batch is a run of rows in id order with the recorded positions of their
-// rooms.
-type Batch struct {
-	Rows []Row
-	// Positions holds, per room of Rows with a valid name, the room's
-	// recorded position; Unsure is set when another relay session marked
-	// the room and never released it (see Mark).
-	Positions map[realtime.Room]realtime.Position
-}
-
 // Published is what the relay records once Redis accepted a batch: the ids
 // of the rows to delete and each room's new position.
 type Published struct {

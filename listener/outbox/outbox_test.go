@@ -15,22 +15,33 @@ import (
 	"github.com/rowcast/rowcast/realtime"
 )
 
-// The capture trigger, against a real Postgres: what reaches the outbox, what
-// never does, and how many wake-ups a transaction costs.
-func TestCaptureTrigger(t *testing.T) {
+// migratedPostgres starts PostgreSQL with rowcast's migrations applied and
+// returns its URL.
+func migratedPostgres(ctx context.Context, t *testing.T) string {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("needs Docker (run without -short)")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	pg, err := testenv.StartPostgres(ctx, t)
 	if err != nil {
 		t.Fatal(err)
 	}
-	url, _ := pg.URL(ctx)
+	url, err := pg.URL(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := migrations.Up(ctx, url); err != nil {
 		t.Fatal(err)
 	}
+	return url
+}
+
+// The capture trigger, against a real Postgres: what reaches the outbox, what
+// never does, and how many wake-ups a transaction costs.
+func TestCaptureTrigger(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := migratedPostgres(ctx, t)
 	db, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatal(err)
@@ -146,19 +157,9 @@ func TestCaptureTrigger(t *testing.T) {
 // publish may have happened that was never recorded); recording keeps the
 // mark, releasing clears it.
 func TestMarkAndRecordPositions(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs Docker (run without -short)")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	pg, err := testenv.StartPostgres(ctx, t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	url, _ := pg.URL(ctx)
-	if _, err := migrations.Up(ctx, url); err != nil {
-		t.Fatal(err)
-	}
+	url := migratedPostgres(ctx, t)
 	pool, err := connect.PostgresPool(ctx, "DATABASE_URL", url)
 	if err != nil {
 		t.Fatal(err)

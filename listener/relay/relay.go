@@ -249,12 +249,8 @@ func (r *Relay) drain(ctx context.Context, session string) error {
 	rows, err := r.store.Oldest(qctx, r.cfg.BatchSize)
 	cancel()
 	for err == nil && len(rows) > 0 {
-		var batch outbox.Batch
-		if batch, err = r.positions(ctx, session, rows); err != nil {
-			return err
-		}
 		var done outbox.Published
-		if done, err = r.publish(ctx, batch); err != nil {
+		if done, err = r.publish(ctx, session, rows); err != nil {
 			return err
 		}
 		for room, pos := range done.Positions {
@@ -283,40 +279,35 @@ func (r *Relay) drain(ctx context.Context, session string) error {
 	return err
 }
 
-// positions pairs rows with their rooms' recorded positions. This session
-// knows the rooms it has published (it is the only writer); a room new to
-// it is first marked in Postgres (see outbox.Store.Mark), which costs a
-// round trip once per room and session, not per batch.
-func (r *Relay) positions(ctx context.Context, session string, rows []outbox.Row) (outbox.Batch, error) {
-	b := outbox.Batch{Rows: rows, Positions: map[realtime.Room]realtime.Position{}}
+// positions returns the recorded positions of rooms. This session knows
+// the rooms it has published (it is the only writer); rooms new to it are
+// first marked in Postgres (see outbox.Store.Mark), which costs a round trip
+// once per room and session, not per batch.
+func (r *Relay) positions(ctx context.Context, session string, rooms map[realtime.Room]bool) (map[realtime.Room]realtime.Position, error) {
+	out := make(map[realtime.Room]realtime.Position, len(rooms))
 	var unknown []realtime.Room
-	for _, row := range rows {
-		room, err := realtime.ParseRoom(row.Room)
-		if err != nil {
-			continue // rejected in publish
-		}
+	for room := range rooms {
 		if pos, ok := r.known[room]; ok {
-			b.Positions[room] = pos
-		} else if _, seen := b.Positions[room]; !seen {
-			b.Positions[room] = realtime.Position{}
+			out[room] = pos
+		} else {
 			unknown = append(unknown, room)
 		}
 	}
 	if len(unknown) == 0 {
-		return b, nil
+		return out, nil
 	}
 	mctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	marked, err := r.store.Mark(mctx, session, unknown)
 	if err != nil {
-		return outbox.Batch{}, err
+		return nil, err
 	}
 	for _, room := range unknown {
 		pos := marked[room] // zero when the room has no position yet
-		b.Positions[room] = pos
+		out[room] = pos
 		r.known[room] = pos
 	}
-	return b, nil
+	return out, nil
 }
 
 // stuckRoom is a room whose last publish failed on its shard while others
@@ -335,17 +326,16 @@ type stuckRoom struct {
 // while others' succeed are kept in r.stuck and sent again with the next
 // batch, so one unreachable Cluster master does not hold back every room;
 // when no room gets through, the same events are retried with backoff.
-func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Published, error) {
-	events := make([]redisbus.Event, 0, len(batch.Rows))
+func (r *Relay) publish(ctx context.Context, session string, rows []outbox.Row) (outbox.Published, error) {
+	events := make([]redisbus.Event, 0, len(rows))
 	ids := map[realtime.Room][]int64{}
-	recorded := make(map[realtime.Room]realtime.Position, len(batch.Positions)+len(r.stuck))
+	fresh := map[realtime.Room]bool{}
 	for room, st := range r.stuck {
 		events = append(events, st.events...)
 		ids[room] = st.ids
-		recorded[room] = st.recorded
 	}
 	var rejected []int64
-	for _, row := range batch.Rows {
+	for _, row := range rows {
 		ev, err := encode(row, r.cfg.MaxEventBytes)
 		if err != nil {
 			r.log.Warn("rejecting outbox row", "id", row.ID, "err", err)
@@ -357,7 +347,7 @@ func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Publish
 		}
 		events = append(events, ev)
 		ids[ev.Room] = append(ids[ev.Room], row.ID)
-		recorded[ev.Room] = batch.Positions[ev.Room]
+		fresh[ev.Room] = true
 	}
 	if len(rejected) > 0 {
 		rctx, cancel := context.WithTimeout(ctx, opTimeout)
@@ -370,12 +360,18 @@ func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Publish
 	if len(events) == 0 {
 		return outbox.Published{}, nil
 	}
+	recorded, err := r.positions(ctx, session, fresh)
+	if err != nil {
+		return outbox.Published{}, err
+	}
+	for room, st := range r.stuck {
+		recorded[room] = st.recorded
+	}
 	var res redisbus.Result
 	if r.pub.Sharded() {
 		// On a Cluster a failure is one master's: its rooms wait as stuck
 		// while the next claims bring the other rooms' new rows (drain
 		// paces the retries).
-		var err error
 		if res, err = r.pub.Publish(ctx, events, recorded); err != nil {
 			res = redisbus.Result{Failed: map[realtime.Room]error{}}
 			for room := range ids {
@@ -383,7 +379,7 @@ func (r *Relay) publish(ctx context.Context, batch outbox.Batch) (outbox.Publish
 			}
 		}
 	} else {
-		err := retry.Do(ctx, r.retryPolicy("publish to redis"), func(ctx context.Context) error {
+		err = retry.Do(ctx, r.retryPolicy("publish to redis"), func(ctx context.Context) error {
 			var err error
 			res, err = r.pub.Publish(ctx, events, recorded)
 			return err

@@ -13,26 +13,34 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/rowcast/rowcast/internal/connect"
 	"github.com/rowcast/rowcast/internal/testenv"
 	"github.com/rowcast/rowcast/realtime"
 )
 
-func startRedis(t *testing.T) redis.UniversalClient {
-	t.Helper()
+// startRedis starts a Redis server for a test or benchmark and returns a
+// client of it.
+func startRedis(tb testing.TB) redis.UniversalClient {
+	tb.Helper()
 	if testing.Short() {
-		t.Skip("needs Docker (run without -short)")
+		tb.Skip("needs Docker (run without -short)")
 	}
-	ctx := context.Background()
-	s, err := testenv.StartStack(ctx, t, testenv.WithoutPostgres())
+	s, err := testenv.StartStack(context.Background(), tb, testenv.WithoutPostgres())
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	opt, err := redis.ParseURL(s.RedisURL)
+	return redisClient(tb, s.RedisURL)
+}
+
+// redisClient connects to url as rowcast does and closes the client when
+// the test ends.
+func redisClient(tb testing.TB, url string) redis.UniversalClient {
+	tb.Helper()
+	c, err := connect.Redis(url)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	c := redis.NewClient(opt)
-	t.Cleanup(func() { c.Close() })
+	tb.Cleanup(func() { c.Close() })
 	return c
 }
 

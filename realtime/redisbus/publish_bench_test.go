@@ -7,44 +7,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/rowcast/rowcast/internal/testenv"
 	"github.com/rowcast/rowcast/realtime"
 )
-
-// benchRedis starts a Redis container for a benchmark (startRedis in
-// bus_test.go takes a *testing.T).
-func benchRedis(b *testing.B) redis.UniversalClient {
-	b.Helper()
-	if testing.Short() {
-		b.Skip("needs Docker (run without -short)")
-	}
-	ctx := context.Background()
-	r, err := testenv.StartRedis(ctx, b)
-	if err != nil {
-		b.Fatal(err)
-	}
-	url, err := r.URL(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	c := redis.NewClient(opt)
-	b.Cleanup(func() { c.Close() })
-	return c
-}
 
 // BenchmarkPublish publishes a batch of 500 events of 1 KiB, as the relay
 // does per outbox batch (ROWCAST_BATCH_SIZE), over one or ten rooms: one
 // round trip with one script call per room. batch=1 is the unloaded case,
-// one row per wake-up, where the script's fixed cost shows. Every iteration uses new outbox
-// ids, so nothing is skipped as a repeat.
+// one row per wake-up, where the script's fixed cost shows. Every iteration
+// uses new outbox ids, so nothing is skipped as a repeat.
 func BenchmarkPublish(b *testing.B) {
-	c := benchRedis(b)
+	c := startRedis(b)
 	ctx := context.Background()
 	runs := 0
 	for _, shape := range []struct{ size, rooms int }{{1, 1}, {500, 1}, {500, 10}} {

@@ -173,18 +173,12 @@ func TestPublishAfterRestoreFromOlderSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	connectTo := func() *redis.Client {
+	connectTo := func() redis.UniversalClient {
 		url, err := srv.URL(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		opt, err := redis.ParseURL(url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := redis.NewClient(opt)
-		t.Cleanup(func() { c.Close() })
-		return c
+		return redisClient(t, url)
 	}
 	c := connectTo()
 	p := NewPublisher(c, HistoryLimits{Len: 100, TTL: time.Hour})

@@ -12,7 +12,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/rowcast/rowcast/internal/connect"
 	"github.com/rowcast/rowcast/internal/testenv"
 	"github.com/rowcast/rowcast/realtime"
 )
@@ -140,11 +139,7 @@ func (f *feed) publish(ctx context.Context, t *testing.T, room realtime.Room) ui
 
 func topologyBus(t *testing.T, url string) (redis.UniversalClient, *Bus, *recorder) {
 	t.Helper()
-	c, err := connect.Redis(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := redisClient(t, url)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -409,11 +404,7 @@ func TestPublishOnClusterWithAMasterDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rdb, err := connect.Redis(c.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
+	rdb := redisClient(t, c.URL())
 	byMaster := clusterRooms(ctx, t, c, 1)
 	masters, err := c.Masters(ctx)
 	if err != nil {
