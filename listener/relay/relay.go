@@ -59,10 +59,9 @@ type Relay struct {
 	pub     *redisbus.Publisher
 	log     *slog.Logger
 
-	// OnBatch, if set before Run, is called with the size of each published
-	// batch and how many of its rooms had to start a new epoch because Redis
-	// was not where Postgres recorded them (for metrics).
-	OnBatch func(size, newEpochs int)
+	// OnBatch, if set before Run, is called after each batch Redis accepted
+	// (for metrics).
+	OnBatch func(BatchReport)
 
 	lastForget time.Time                           // used by the session goroutine only
 	stuck      map[realtime.Room]stuckRoom         // the session's rooms to publish again; see publish
@@ -425,9 +424,24 @@ func (r *Relay) publish(ctx context.Context, session string, rows []outbox.Row) 
 		r.log.Info("rooms whose publish had failed are published", "rooms", unstuck, "still failing", len(r.stuck))
 	}
 	if r.OnBatch != nil {
-		r.OnBatch(len(events), len(res.Restarted))
+		rep := BatchReport{Events: len(events), NewEpochs: len(res.Restarted), Captured: make([]time.Time, 0, len(rows))}
+		for _, row := range rows {
+			if _, ok := res.Positions[realtime.Room(row.Room)]; ok {
+				rep.Captured = append(rep.Captured, row.CapturedAt)
+			}
+		}
+		r.OnBatch(rep)
 	}
 	return done, nil
+}
+
+// BatchReport describes one batch Redis accepted.
+type BatchReport struct {
+	Events    int // events sent, repeats of stuck rooms included
+	NewEpochs int // rooms that started a new epoch: Redis was not where Postgres recorded them
+	// Captured holds the capture time of each new row published, so that
+	// capture-to-publish latency can be observed per event.
+	Captured []time.Time
 }
 
 // newSession returns a random relay session name.

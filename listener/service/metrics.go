@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/rowcast/rowcast/internal/metrics"
 	"github.com/rowcast/rowcast/listener/outbox"
 	"github.com/rowcast/rowcast/listener/relay"
 )
@@ -22,11 +23,20 @@ func newRegistry(rel *relay.Relay, store *outbox.Store) *prometheus.Registry {
 		Name: "rowcast_listener_redis_regressions_total",
 		Help: "Rooms that started a new epoch because Redis was not where Postgres recorded them (lost or went back); their clients were told to reset. Alarm on any increase.",
 	})
-	rel.OnBatch = func(n, restarted int) {
-		batch.Observe(float64(n))
-		newEpochs.Add(float64(restarted))
+	latency := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "rowcast_listener_publish_latency_seconds",
+		Help:    "From capture in Postgres (inside the writing transaction) to Redis accepting the event.",
+		Buckets: metrics.LatencyBuckets,
+	})
+	rel.OnBatch = func(b relay.BatchReport) {
+		batch.Observe(float64(b.Events))
+		newEpochs.Add(float64(b.NewEpochs))
+		now := time.Now()
+		for _, at := range b.Captured {
+			latency.Observe(now.Sub(at).Seconds())
+		}
 	}
-	reg.MustRegister(batch, newEpochs,
+	reg.MustRegister(batch, newEpochs, latency,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "rowcast_listener_published_total", Help: "Events published to Redis (repeats excluded)."},
 			func() float64 { return float64(rel.Published()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_listener_leader", Help: "1 while this listener leads."},
@@ -37,7 +47,7 @@ func newRegistry(rel *relay.Relay, store *outbox.Store) *prometheus.Registry {
 				return 0
 			}),
 		outboxCollector{store: store},
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		metrics.GoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
 }
 
