@@ -4,12 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"go/types"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -326,23 +332,19 @@ func TestHTTPServiceMatchesApp(t *testing.T) {
 		t.Errorf("http_service.force_https = false, want true")
 	}
 
-	switch v := svc.AutoStopMachines.(type) {
-	case string:
-		if v != "off" {
-			t.Errorf("http_service.auto_stop_machines = %q, want \"off\": stopping a Machine cuts its live connections", v)
+	switch autostopMode(t, svc.AutoStopMachines) {
+	case "off":
+		if svc.AutoStartMachines == nil || *svc.AutoStartMachines {
+			t.Errorf("http_service.auto_start_machines is unset or true, want false with auto_stop_machines = \"off\": capacity is what you scale to")
 		}
-	case bool:
-		if v {
-			t.Errorf("http_service.auto_stop_machines = true, want \"off\": stopping a Machine cuts its live connections")
+	case "stop":
+		if svc.AutoStartMachines == nil || !*svc.AutoStartMachines {
+			t.Errorf("http_service.auto_start_machines is unset or false, want true with auto_stop_machines = \"stop\": stopped edges must come back when connections pass soft_limit")
 		}
-	default:
-		t.Errorf("http_service.auto_stop_machines = %v, want \"off\" (unset means Fly's default)", v)
-	}
-	if svc.AutoStartMachines == nil || *svc.AutoStartMachines {
-		t.Errorf("http_service.auto_start_machines is unset or true, want false")
+		// kill_signal against the app's drain: TestKillSignalDrains.
 	}
 	if svc.MinMachinesRunning < 1 {
-		t.Errorf("http_service.min_machines_running = %d, want at least 1", svc.MinMachinesRunning)
+		t.Errorf("http_service.min_machines_running = %d, want at least 1: the clients of a stopped edge need one to resume on", svc.MinMachinesRunning)
 	}
 
 	cc := svc.Concurrency
@@ -437,6 +439,142 @@ func TestKillTimeoutCoversDrain(t *testing.T) {
 	if kill > maxKillTimeout {
 		t.Errorf("kill_timeout = %s, above Fly's maximum %s", kill, maxKillTimeout)
 	}
+}
+
+// autostopMode returns http_service.auto_stop_machines if this repository
+// accepts it ("off" or "stop"), else reports why not and returns "".
+//
+// "stop" is safe because the proxy stops a Machine the way a deploy does:
+// kill_signal, then kill_timeout before SIGKILL, so the app drains and its
+// clients resume elsewhere from their last id (e2e TestAutostopEdge).
+// "suspend" is refused: Fly snapshots the VM without any signal, so no drain
+// runs; the clients' sockets freeze until their heartbeat times out, and the
+// suspended Machine resumes later with stale connections. A bool is refused
+// too: Fly reads true as "stop" and false as "off", but the string says
+// which mode is meant, and a review can tell "stop" from "suspend".
+func autostopMode(t *testing.T, v any) string {
+	t.Helper()
+	const key = "http_service.auto_stop_machines"
+	switch v := v.(type) {
+	case string:
+		switch v {
+		case "off", "stop":
+			return v
+		case "suspend":
+			t.Errorf("%s = \"suspend\", want \"stop\" or \"off\": a suspend sends no signal, so the app cannot drain and its clients hang until their heartbeat times out", key)
+		default:
+			t.Errorf("%s = %q, want \"stop\" or \"off\"", key, v)
+		}
+	case bool:
+		t.Errorf("%s = %v, want the string \"stop\" or \"off\": spell out the mode (Fly reads true as \"stop\")", key, v)
+	case nil:
+		t.Errorf("%s is unset, want \"stop\" or \"off\" (unset means Fly's default)", key)
+	default:
+		t.Errorf("%s = %v (%T), want \"stop\" or \"off\"", key, v, v)
+	}
+	return ""
+}
+
+// flyKillSignals are the kill_signal values Fly accepts; unset means SIGINT.
+var flyKillSignals = []string{"SIGINT", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL", "SIGSTOP"}
+
+// The signal Fly sends to stop a Machine (at a deploy, and when the proxy
+// autostops an app Machine) must be one that each binary drains on. The
+// signals are read from the binaries' sources, so the test fails when
+// either side changes alone.
+func TestKillSignalDrains(t *testing.T) {
+	c := loadFly(t)
+	sig := c.KillSignal
+	if sig == "" {
+		sig = "SIGINT" // Fly's default
+	}
+	if !slices.Contains(flyKillSignals, sig) {
+		t.Fatalf("kill_signal = %q, want one of %v", c.KillSignal, flyKillSignals)
+	}
+	for _, dir := range []string{"../app", "../listener"} {
+		drains, where := notifySignals(t, dir)
+		if !slices.Contains(drains, sig) && !slices.Contains(drains, anySignal) {
+			t.Errorf("kill_signal = %s, but %s drains on %v only (signal.Notify calls in %v): Fly would stop it without a drain", sig, dir, drains, where)
+		}
+	}
+}
+
+// anySignal stands for signal.Notify(ch) with no signals: every signal.
+const anySignal = "*"
+
+// notifySignals returns the signals that the non-test Go files under dir
+// pass to signal.Notify or signal.NotifyContext, by name (os.Interrupt is
+// SIGINT), and the files that call them. It fails the test when there is no
+// such call or a signal is not written as a package-qualified constant.
+func notifySignals(t *testing.T, dir string) (sigs, files []string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return err
+		}
+		fset := token.NewFileSet()
+		f, err := parser.ParseFile(fset, p, nil, parser.SkipObjectResolution)
+		if err != nil {
+			return err
+		}
+		imports := map[string]string{} // local name -> import path
+		for _, im := range f.Imports {
+			ip, _ := strconv.Unquote(im.Path.Value)
+			name := path.Base(ip)
+			if im.Name != nil {
+				name = im.Name.Name
+			}
+			imports[name] = ip
+		}
+		pkgOf := func(e ast.Expr) (string, string, bool) {
+			sel, ok := e.(*ast.SelectorExpr)
+			if !ok {
+				return "", "", false
+			}
+			id, ok := sel.X.(*ast.Ident)
+			if !ok {
+				return "", "", false
+			}
+			return imports[id.Name], sel.Sel.Name, true
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			call, ok := n.(*ast.CallExpr)
+			if !ok {
+				return true
+			}
+			if pkg, fn, ok := pkgOf(call.Fun); !ok || pkg != "os/signal" || (fn != "Notify" && fn != "NotifyContext") {
+				return true
+			}
+			files = append(files, p)
+			if len(call.Args) == 1 {
+				sigs = append(sigs, anySignal)
+			}
+			for _, arg := range call.Args[1:] {
+				pkg, name, _ := pkgOf(arg)
+				switch {
+				case pkg == "os" && name == "Interrupt":
+					sigs = append(sigs, "SIGINT")
+				case pkg == "os" && name == "Kill":
+					sigs = append(sigs, "SIGKILL")
+				case (pkg == "syscall" || pkg == "golang.org/x/sys/unix") && strings.HasPrefix(name, "SIG"):
+					sigs = append(sigs, name)
+				default:
+					t.Errorf("%s: cannot tell which signal %s is: write it as os.Interrupt or syscall.SIGxxx, or teach this test", fset.Position(arg.Pos()), types.ExprString(arg))
+				}
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("read %s: %v", dir, err)
+	}
+	if len(files) == 0 {
+		t.Fatalf("no signal.NotifyContext or signal.Notify call under %s: the test cannot tell which signal drains it", dir)
+	}
+	slices.Sort(sigs)
+	files = slices.Compact(files) // in walk order: sorted already
+	return slices.Compact(sigs), files
 }
 
 func TestEnv(t *testing.T) {

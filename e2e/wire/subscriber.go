@@ -29,9 +29,20 @@ type Subscriber struct {
 	resets    map[string]int
 	controls  []Control
 	connects  int
-	ends      []string      // why each connection ended, for failure messages
+	ends      []string // why each connection ended, for failure messages
+	sessions  []Session
 	subscribe chan struct{} // closed once every room was first confirmed
 	changed   chan struct{} // signalled on every event
+}
+
+// Session is one connection of a Subscriber as the subscriber saw it: which
+// edge it reached and when things happened on it (zero times never happened).
+type Session struct {
+	Base      string    // the edge it connected to
+	Connected time.Time // the dial returned
+	Resumed   time.Time // every room was confirmed ("subscribed"): live delivery in place
+	Told      time.Time // a "reconnect" control arrived (the server is going away)
+	Ended     time.Time // the connection ended
 }
 
 // NewSubscriber returns a Subscriber; call Run to connect.
@@ -46,10 +57,12 @@ func (s *Subscriber) Run(ctx context.Context) {
 	first := true
 	bases := append([]string{s.Base}, s.Others...)
 	for n := 0; ctx.Err() == nil; n++ {
-		conn, err := Dial(ctx, bases[n%len(bases)], s.Transport, Options{Rooms: s.Rooms, LastEventID: s.cursor(), Token: s.Token})
+		base := bases[n%len(bases)]
+		conn, err := Dial(ctx, base, s.Transport, Options{Rooms: s.Rooms, LastEventID: s.cursor(), Token: s.Token})
 		if err == nil {
 			s.mu.Lock()
 			s.connects++
+			s.sessions = append(s.sessions, Session{Base: base, Connected: time.Now()})
 			s.mu.Unlock()
 			backoff = 50 * time.Millisecond
 			s.read(ctx, conn, first)
@@ -57,6 +70,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 			conn.Close()
 			s.mu.Lock()
 			s.ends = append(s.ends, fmt.Sprint(conn.Err()))
+			s.sessions[len(s.sessions)-1].Ended = time.Now()
 			s.mu.Unlock()
 		}
 		select {
@@ -104,7 +118,10 @@ func (s *Subscriber) control(c Control, first bool, pending map[string]bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.controls = append(s.controls, c)
+	cur := &s.sessions[len(s.sessions)-1]
 	switch c.Type {
+	case "reconnect":
+		cur.Told = time.Now()
 	case "reset":
 		s.resets[c.Room]++
 		delete(s.last, c.Room)
@@ -112,10 +129,13 @@ func (s *Subscriber) control(c Control, first bool, pending map[string]bool) {
 		if c.Last != "" && s.last[c.Room] == "" {
 			s.last[c.Room] = c.Last
 		}
-		if first && pending[c.Room] {
+		if pending[c.Room] {
 			delete(pending, c.Room)
 			if len(pending) == 0 {
-				close(s.subscribe)
+				cur.Resumed = time.Now()
+				if first {
+					close(s.subscribe)
+				}
 			}
 		}
 	}
@@ -169,7 +189,6 @@ func (s *Subscriber) Controls() []Control {
 	return append([]Control(nil), s.controls...)
 }
 
-// Connects returns how many times the subscriber connected.
 // Ends returns why each connection ended (its error, or <nil>).
 func (s *Subscriber) Ends() []string {
 	s.mu.Lock()
@@ -182,6 +201,14 @@ func (s *Subscriber) Connects() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.connects
+}
+
+// Sessions returns every connection made so far, in order; the last one may
+// still be open.
+func (s *Subscriber) Sessions() []Session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Session(nil), s.sessions...)
 }
 
 // Body decodes the "body" column of a chat_message event.
