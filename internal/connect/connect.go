@@ -42,6 +42,10 @@ func PostgresConfig(setting, url string) (*pgx.ConnConfig, error) {
 	return cfg, nil
 }
 
+// pingIdle is how long a pooled connection may sit idle before it is
+// checked with a ping when acquired.
+const pingIdle = 30 * time.Second
+
 // PostgresPool returns a pool for url. It does not connect yet.
 func PostgresPool(ctx context.Context, setting, url string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
@@ -51,6 +55,14 @@ func PostgresPool(ctx context.Context, setting, url string) (*pgxpool.Pool, erro
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	cfg.ConnConfig.DialFunc = dialer.DialContext
 	cfg.MaxConns = 4
+	// pgxpool pings a connection idle for over a second before handing it
+	// out: a round trip added to the first event after every pause. The
+	// keepalives above notice a dead peer anyway, and a query on a
+	// connection the server closed fails at once (the caller retries); ping
+	// only connections idle long enough for a server-side timeout to apply.
+	cfg.ShouldPing = func(_ context.Context, p pgxpool.ShouldPingParams) bool {
+		return p.IdleDuration > pingIdle
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", setting, err)
