@@ -47,7 +47,7 @@ func newMetrics(hub *realtime.Hub) *metrics {
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "rowcast_event_latency_seconds",
 			Help:    "From capture in Postgres (the event's at) to the hand-off to local client sockets.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+			Buckets: []float64{.00025, .0005, .00075, .001, .0015, .002, .003, .004, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .15, .2, .3, .5, .75, 1, 2.5, 5, 10},
 		}),
 	}
 	m.reg.MustRegister(m.connections, m.received, m.delivered, m.slow, m.refused, m.reconnects, m.latency,

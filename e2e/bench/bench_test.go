@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"math"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -30,7 +33,7 @@ func TestSmoke(t *testing.T) {
 			t.Fatalf("%s: %v", tr, err)
 		}
 		r := rows[0]
-		t.Logf("\n| %s |\n| %s |", strings.Join(loadHeader, " | "), strings.Join(r.cells(), " | "))
+		t.Logf("\n| %s |\n| %s |", strings.Join(loadHeader, " | "), strings.Join((&loadGroup{runs: rows[:1], of: 1}).cells(), " | "))
 		if r.ins.committed == 0 || r.expected == 0 {
 			t.Fatalf("%s: nothing committed (%d) or expected (%d): %s", tr, r.ins.committed, r.expected, r.note)
 		}
@@ -50,4 +53,121 @@ type tWriter struct{ t *testing.T }
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+func TestSpread(t *testing.T) {
+	for _, tc := range []struct {
+		xs        []float64
+		med       float64
+		text      string
+		textNoRng string
+	}{
+		{[]float64{1.51, 1.38, 1.42}, 1.42, "1.42 (1.38–1.51)", "1.42"},
+		{[]float64{4, 1, 3, 2}, 2.5, "2.50 (1.00–4.00)", "2.50"}, // even count: the mean of the middle two
+		{[]float64{0.7}, 0.7, "0.70", "0.70"},                    // one run: no range
+		{nil, 0, "n/a", "n/a"},
+	} {
+		s := spreadOf(tc.xs)
+		if s.med != tc.med || s.text(2, true) != tc.text || s.text(2, false) != tc.textNoRng {
+			t.Errorf("spreadOf(%v) = %+v, %q, %q; want median %v, %q, %q", tc.xs, s, s.text(2, true), s.text(2, false), tc.med, tc.text, tc.textNoRng)
+		}
+	}
+	xs := []float64{3, 1, 2}
+	spreadOf(xs)
+	if !slices.Equal(xs, []float64{3, 1, 2}) {
+		t.Errorf("spreadOf reordered its input: %v", xs)
+	}
+}
+
+func TestLoadGroupCells(t *testing.T) {
+	row := func(run int, p50 time.Duration, missing int64) loadRow {
+		return loadRow{scenario: "S1", tr: ws, run: run, clients: 100, rooms: 10, rate: 200, expected: 4000, delivered: 4000 - missing,
+			missing: missing, latSend: dist{n: 4000, p50: p50, p90: 2 * p50, p99: 3 * p50, peak: 4 * p50}, load: "1.5"}
+	}
+	g := groupLoad([]loadRow{row(1, 1420*time.Microsecond, 0), row(2, 1380*time.Microsecond, 3), row(3, 1510*time.Microsecond, 0)}, 3)
+	if len(g) != 1 || len(g[0].runs) != 3 {
+		t.Fatalf("groups %+v", g)
+	}
+	c := g[0].cells()
+	col := func(name string) string { return c[slices.Index(loadHeader, name)] }
+	for name, want := range map[string]string{
+		"runs":             "3",
+		"expected":         "12000",
+		"delivered":        "11997",
+		"missing":          "3 (0+3+0)",
+		"dup":              "0",
+		"send→recv p50 ms": "1.42 (1.38–1.51)",
+		"send→recv max ms": "5.68 (5.52–6.04)",
+		"load1":            "1.50",
+	} {
+		if got := col(name); got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	if len(c) != len(loadHeader) {
+		t.Errorf("%d cells for %d columns", len(c), len(loadHeader))
+	}
+	if slices.Index(loadHeader, "send→recv p50 ms") > slices.Index(loadHeader, "capture→recv p50 ms") {
+		t.Error("send→recv must come before capture→recv")
+	}
+	short := groupLoad([]loadRow{row(1, time.Millisecond, 0)}, 3)[0].cells()
+	if got := short[2]; got != "1 of 3" {
+		t.Errorf("runs of a step reached once = %q", got)
+	}
+}
+
+func TestMergeCells(t *testing.T) {
+	runs := [][]string{
+		{"S3", "ws", "10000", "0", "16.7/307.4", "29.8", "n/a", "1.20"},
+		{"S3", "ws", "10000", "2", "16.5/310.0", "30.12", "n/a", "3.40"},
+		{"S3", "ws", "9998", "1", "16.9/305.0", "29.5", "n/a", "2.00"},
+	}
+	got := mergeCells(runs, []int{3}, []int{7})
+	want := []string{"S3", "ws", "10000", "3", "16.7/307.4", "29.80", "n/a", "1.20–3.40"}
+	if !slices.Equal(got, want) {
+		t.Errorf("mergeCells = %q, want %q", got, want)
+	}
+	if got := mergeCells([][]string{{"a"}, {"b"}}, nil, nil); got[0] != "a, b" {
+		t.Errorf("mixed text = %q", got[0])
+	}
+}
+
+func TestHandoffQuantileInterpolates(t *testing.T) {
+	bounds := []float64{.001, .002, .005, 1e9}
+	h0 := handoffHist{bounds: bounds, counts: []float64{10, 10, 10, 10}}
+	// Between the scrapes: 40 events ≤ 1 ms, 40 in (1, 2] ms, 20 in (2, 5] ms.
+	h := handoffHist{bounds: bounds, counts: []float64{50, 90, 110, 110}}
+	near := func(q bucketQuantile, ms float64) bool {
+		return q.ok && !q.over && math.Abs(float64(q.d)/float64(time.Millisecond)-ms) < 1e-6
+	}
+	if q := h.quantile(h0, 0.5); !near(q, 1.25) { // rank 50: 10 of the 40 events in (1, 2]
+		t.Errorf("p50 = %+v, want 1.25 ms", q)
+	}
+	if q := h.quantile(h0, 0.2); !near(q, 0.5) { // rank 20 of the 40 in [0, 1]
+		t.Errorf("p20 = %+v, want 0.5 ms", q)
+	}
+	if q := h.quantile(h0, 0.99); !near(q, 4.85) { // rank 99: 19 of the 20 in (2, 5]
+		t.Errorf("p99 = %+v, want 4.85 ms", q)
+	}
+	over := handoffHist{bounds: bounds, counts: []float64{10, 10, 10, 20}}
+	if q := over.quantile(h0, 0.5); !q.ok || !q.over || q.d != 5*time.Millisecond {
+		t.Errorf("quantile in +Inf = %+v, want the last bound, over", q)
+	}
+	if q := h0.quantile(h0, 0.5); q.ok {
+		t.Errorf("no events: %+v", q)
+	}
+	if q := h.quantile(handoffHist{}, 0.5); q.ok {
+		t.Errorf("mismatched scrapes: %+v", q)
+	}
+}
+
+func TestTreeCPUCoversSelf(t *testing.T) {
+	own := procUsage(os.Getpid()).cpu // first: the tree is read later, never with less
+	self, ok := treeCPU(os.Getpid())
+	if !ok || self < own {
+		t.Errorf("treeCPU(self) = %v, %v; own CPU before %v", self, ok, own)
+	}
+	if _, ok := treeCPU(1 << 30); ok {
+		t.Error("treeCPU of a missing process is ok")
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -12,9 +13,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// inserter writes chat_message rows at a fixed rate. Row seq goes to room
-// seq % len(rooms); its body is "b<seq>.<send time, unix ns>." padded with
-// 'x' so that the row's JSON is about rowSize bytes.
+// inserter writes chat_message rows at a fixed rate, like an application
+// would: each of workers Postgres connections sends single-row INSERTs in
+// autocommit (one statement, one implicit transaction, no BEGIN). Row seq
+// goes to room seq % len(rooms); its body is "b<seq>.<send time, unix ns>."
+// padded with 'x' so that the row's JSON is about rowSize bytes.
 type inserter struct {
 	db      *pgxpool.Pool
 	rooms   []string
@@ -33,7 +36,7 @@ const insertSQL = `INSERT INTO chat_message (room, author, body) VALUES ($1, 'be
 const rowOverhead = 100
 
 func newInserter(db *pgxpool.Pool, rooms []string, rowSize, workers int) *inserter {
-	return &inserter{db: db, rooms: rooms, bodyLen: max(40, rowSize-rowOverhead-len(rooms[0])), workers: workers}
+	return &inserter{db: db, rooms: rooms, bodyLen: max(40, rowSize-rowOverhead-len(rooms[0])), workers: max(workers, 1)}
 }
 
 // committed reports whether row seq was committed. Call it only after run
@@ -50,7 +53,8 @@ type insertFigures struct {
 	failed    int64
 	firstErr  error
 	took      time.Duration // first send to last commit
-	exec      []int64       // ns per INSERT round trip
+	exec      []int64       // ns per INSERT: just before the statement is written to its return
+	lag       []int64       // ns per INSERT: from the row's due time to its send (waiting for a free connection)
 }
 
 func (f insertFigures) rate() float64 {
@@ -60,48 +64,85 @@ func (f insertFigures) rate() float64 {
 	return float64(f.committed) / f.took.Seconds()
 }
 
-// run inserts rate rows per second for dur: a 2 ms ticker schedules the
-// rows that are due, and workers (one pool connection each) send them. When
-// Postgres falls behind, rows wait in a bounded queue; scheduling stops at
-// dur + 2 s, so the achieved rate shows the shortfall.
+// insertJob is one row to send: its seq and when the schedule wanted it sent.
+type insertJob struct {
+	seq int64
+	due time.Time
+}
+
+// run inserts rate rows per second for dur. Row i of the phase is due at
+// start + i/rate; the scheduler hands it, at that time, to a queue that
+// every connection takes from, so a slow INSERT holds back only the
+// connection it runs on: a row waits only when all workers are busy. When
+// Postgres falls that far behind, rows wait in a bounded queue (the wait
+// shows as lag) and scheduling stops at dur + 2 s, so the achieved rate
+// shows the shortfall. The send time (in the row's body and the start of
+// the INSERT's round trip) is read just before pgx writes the statement.
 func (in *inserter) run(ctx context.Context, rate float64, dur time.Duration) insertFigures {
 	total := int64(rate * dur.Seconds())
-	f := insertFigures{lo: in.next}
+	f := insertFigures{lo: in.next, hi: in.next}
 	in.next += total
 	if need := int(in.next/64) + 1; need > len(in.ok) {
 		in.ok = append(in.ok, make([]uint64, need-len(in.ok))...)
 	}
-	jobs := make(chan int64, 4096)
-	var (
-		mu    sync.Mutex
-		wg    sync.WaitGroup
-		first time.Time
-		last  time.Time
-	)
+	// One connection per worker, held for the phase and with the statement
+	// prepared before the clock starts: no pool hand-off or Parse in the
+	// measured round trips.
+	conns := make([]*pgxpool.Conn, 0, in.workers)
+	defer func() {
+		for _, c := range conns {
+			c.Release()
+		}
+	}()
 	for range in.workers {
+		c, err := in.db.Acquire(ctx)
+		if err == nil {
+			_, err = c.Conn().Prepare(ctx, insertSQL, insertSQL)
+		}
+		if err != nil {
+			if c != nil {
+				c.Release()
+			}
+			f.firstErr = fmt.Errorf("insert connection: %w", err)
+			return f
+		}
+		conns = append(conns, c)
+	}
+
+	jobs := make(chan insertJob, 4096)
+	var (
+		mu          sync.Mutex
+		wg          sync.WaitGroup
+		first, last time.Time
+	)
+	for _, conn := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			body := make([]byte, 0, in.bodyLen)
-			var exec []int64
-			var okSeqs []int64
-			var failed int64
-			var firstErr error
-			for seq := range jobs {
-				t0 := time.Now()
+			pad := bytes.Repeat([]byte{'x'}, in.bodyLen)
+			body := make([]byte, 0, in.bodyLen+64)
+			var (
+				exec, lag    []int64
+				okSeqs       []int64
+				failed       int64
+				firstErr     error
+				wFirst, wEnd time.Time
+			)
+			for j := range jobs {
+				ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				room := in.rooms[j.seq%int64(len(in.rooms))]
 				body = append(body[:0], 'b')
-				body = strconv.AppendInt(body, seq, 10)
+				body = strconv.AppendInt(body, j.seq, 10)
 				body = append(body, '.')
+				t0 := time.Now()
 				body = strconv.AppendInt(body, t0.UnixNano(), 10)
 				body = append(body, '.')
-				for len(body) < in.bodyLen {
-					body = append(body, 'x')
-				}
-				ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				_, err := in.db.Exec(ectx, insertSQL, in.rooms[seq%int64(len(in.rooms))], string(body))
-				cancel()
+				body = append(body, pad[:max(0, in.bodyLen-len(body))]...)
+				_, err := conn.Exec(ectx, insertSQL, room, body)
 				t1 := time.Now()
+				cancel()
 				exec = append(exec, int64(t1.Sub(t0)))
+				lag = append(lag, int64(max(0, t0.Sub(j.due))))
 				if err != nil {
 					failed++
 					if firstErr == nil {
@@ -109,20 +150,24 @@ func (in *inserter) run(ctx context.Context, rate float64, dur time.Duration) in
 					}
 					continue
 				}
-				okSeqs = append(okSeqs, seq)
-				mu.Lock()
-				if first.IsZero() || t0.Before(first) {
-					first = t0
+				okSeqs = append(okSeqs, j.seq)
+				if wFirst.IsZero() {
+					wFirst = t0
 				}
-				if t1.After(last) {
-					last = t1
-				}
-				mu.Unlock()
+				wEnd = t1
 			}
 			mu.Lock()
 			defer mu.Unlock()
 			for _, seq := range okSeqs {
 				in.ok[seq/64] |= 1 << (seq % 64)
+			}
+			if !wFirst.IsZero() {
+				if first.IsZero() || wFirst.Before(first) {
+					first = wFirst
+				}
+				if wEnd.After(last) {
+					last = wEnd
+				}
 			}
 			f.committed += int64(len(okSeqs))
 			f.failed += failed
@@ -130,31 +175,33 @@ func (in *inserter) run(ctx context.Context, rate float64, dur time.Duration) in
 				f.firstErr = firstErr
 			}
 			f.exec = append(f.exec, exec...)
+			f.lag = append(f.lag, lag...)
 		}()
 	}
 
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
+	wait := time.NewTimer(time.Hour)
+	defer wait.Stop()
 	start := time.Now()
-	deadline := start.Add(dur + 2*time.Second)
+	stop := time.NewTimer(dur + 2*time.Second)
+	defer stop.Stop()
+	interval := float64(time.Second) / rate
 	var issued int64
 schedule:
 	for issued < total {
-		due := min(total, int64(time.Since(start).Seconds()*rate)+1)
-	queue:
-		for issued < due {
+		due := start.Add(time.Duration(float64(issued) * interval))
+		if d := time.Until(due); d > 0 {
+			wait.Reset(d)
 			select {
-			case jobs <- f.lo + issued:
-				issued++
-			default:
-				break queue // Postgres is behind: try again next tick
+			case <-wait.C:
+			case <-ctx.Done():
+				break schedule
 			}
 		}
-		if time.Now().After(deadline) {
-			break
-		}
 		select {
-		case <-tick.C:
+		case jobs <- insertJob{seq: f.lo + issued, due: due}:
+			issued++
+		case <-stop.C:
+			break schedule // Postgres is this far behind: the achieved rate shows it
 		case <-ctx.Done():
 			break schedule
 		}
@@ -221,8 +268,12 @@ func (s *stack) snapshot(appPID, lisPID int) snapshot {
 	sn := snapshot{at: time.Now(), appPID: appPID, lPID: lisPID}
 	sn.app = procUsage(appPID)
 	sn.lis = procUsage(lisPID)
-	sn.redis, sn.rOK = containerCPU(s.redisCtr)
-	sn.pg, sn.pgOK = containerCPU(s.pgCtr)
+	if s.redisCPU != nil {
+		sn.redis, sn.rOK = s.redisCPU()
+	}
+	if s.pgCPU != nil {
+		sn.pg, sn.pgOK = s.pgCPU()
+	}
 	sn.host, sn.hostOK = hostBusy()
 	return sn
 }
@@ -238,12 +289,11 @@ type cpuDelta struct {
 
 // others is the CPU used meanwhile by processes outside the system under
 // test and the bench (other work on the machine, Docker's port proxies).
-func (d cpuDelta) others(bench time.Duration) string {
+func (d cpuDelta) others(bench time.Duration) (time.Duration, bool) {
 	if !d.hostOK || !d.appOK {
-		return "n/a"
+		return 0, false
 	}
-	o := d.host - d.app - d.lis - d.redis - d.pg - bench
-	return secs(max(o, 0), true)
+	return max(d.host-d.app-d.lis-d.redis-d.pg-bench, 0), true
 }
 
 func diff(a, b snapshot) cpuDelta {
@@ -256,10 +306,11 @@ func diff(a, b snapshot) cpuDelta {
 	}
 }
 
-// loadRow is one phase of a load scenario: one line of the results table.
+// loadRow is one phase of a load scenario in one run.
 type loadRow struct {
 	scenario      string
 	tr            transport
+	run           int // 1-based
 	clients       int
 	rooms         int
 	rate          float64
@@ -268,17 +319,18 @@ type loadRow struct {
 	connectErr    error
 
 	ins      insertFigures
-	insExec  dist
+	insExec  dist // the INSERT's round trip
+	insLag   dist // due time to send
 	expected int64
 	// delivered counts every event frame received, duplicates included.
 	delivered, distinct, missing, dups, reorder, unexpected, foreign int64
 	ended                                                            int
 	endReason                                                        string
-	lat, latSend                                                     dist
+	latSend, lat                                                     dist // send→recv, capture→recv
 	window                                                           time.Duration
 	cpu                                                              cpuDelta
 	benchCPU                                                         time.Duration
-	handoff                                                          []string // capture → app hand-off p50, p99 (bucket bounds, ms)
+	handoff                                                          [2]bucketQuantile // capture → app hand-off p50, p99
 	load                                                             string
 	note                                                             string
 }
@@ -290,39 +342,176 @@ func (r loadRow) perSecond() float64 {
 	return float64(r.delivered) / r.window.Seconds()
 }
 
-// usPerDelivery is the app's CPU per delivered event, in microseconds.
-func (r loadRow) usPerDelivery() string {
-	if !r.cpu.appOK || r.delivered == 0 {
-		return "n/a"
-	}
-	return strconv.FormatFloat(float64(r.cpu.app)/float64(time.Microsecond)/float64(r.delivered), 'f', 2, 64)
-}
-
 // ok reports whether everything committed arrived once.
 func (r loadRow) ok() bool {
 	return r.missing == 0 && r.dups == 0 && r.unexpected == 0 && r.ended == 0 && r.connectFailed == 0
 }
 
+// loadHeader heads the load table: send→recv first, the headline latency.
 var loadHeader = []string{
-	"scenario", "transport", "clients/rooms", "target ins/s", "achieved ins/s", "expected", "delivered", "missing", "dup",
-	"closed", "p50 ms", "p90 ms", "p99 ms", "max ms", "send→recv p50/p99 ms", "deliveries/s", "app CPU s", "app µs/delivery",
-	"app peak RSS MiB", "listener CPU s", "listener peak RSS MiB", "redis CPU s", "postgres CPU s", "bench CPU s",
-	"other CPU s", "insert p50/p99 ms", "capture→app p50/p99 ms", "load1",
+	"scenario", "transport", "runs", "clients/rooms", "target ins/s", "achieved ins/s", "expected", "delivered", "missing", "dup",
+	"closed", "send→recv p50 ms", "send→recv p90 ms", "send→recv p99 ms", "send→recv max ms",
+	"capture→recv p50 ms", "capture→recv p99 ms", "insert p50 ms", "insert p99 ms",
+	"capture→app p50 ms (interpolated)", "capture→app p99 ms (interpolated)",
+	"deliveries/s", "app CPU s", "app µs/delivery", "app peak RSS MiB", "listener CPU s", "listener peak RSS MiB",
+	"redis CPU s", "postgres CPU s", "bench CPU s", "other CPU s", "load1",
 }
 
-func (r loadRow) cells() []string {
-	return []string{
-		r.scenario, string(r.tr), fmt.Sprintf("%d/%d", r.clients, r.rooms),
-		strconv.FormatFloat(r.rate, 'f', 0, 64), strconv.FormatFloat(r.ins.rate(), 'f', 0, 64),
-		strconv.FormatInt(r.expected, 10), strconv.FormatInt(r.delivered, 10),
-		strconv.FormatInt(r.missing, 10), strconv.FormatInt(r.dups, 10), strconv.Itoa(r.ended),
-		ms(r.lat.p50), ms(r.lat.p90), ms(r.lat.p99), ms(r.lat.peak), ms(r.latSend.p50) + "/" + ms(r.latSend.p99),
-		strconv.FormatFloat(r.perSecond(), 'f', 0, 64),
-		secs(r.cpu.app, r.cpu.appOK), r.usPerDelivery(), mibOK(r.cpu.appHWM, r.cpu.appOK),
-		secs(r.cpu.lis, r.cpu.lisOK), mibOK(r.cpu.lisHWM, r.cpu.lisOK),
-		secs(r.cpu.redis, r.cpu.rOK), secs(r.cpu.pg, r.cpu.pgOK), secs(r.benchCPU, r.benchCPU > 0), r.cpu.others(r.benchCPU),
-		ms(r.insExec.p50) + "/" + ms(r.insExec.p99), strings.Join(r.handoff, "/"), r.load,
+// loadGroup is one line of the load table: the runs of one phase
+// (scenario, rate and transport). Figures are medians over the runs;
+// latency percentiles add their range; delivery counts are summed.
+type loadGroup struct {
+	runs []loadRow
+	of   int // runs asked for (an S4 step may be reached by fewer)
+}
+
+// groupLoad groups rows by scenario (with its rate) and transport, in the
+// order they first appear.
+func groupLoad(rows []loadRow, of int) []*loadGroup {
+	var out []*loadGroup
+	idx := map[string]*loadGroup{}
+	for _, r := range rows {
+		k := r.scenario + " " + string(r.tr)
+		g := idx[k]
+		if g == nil {
+			g = &loadGroup{of: of}
+			idx[k] = g
+			out = append(out, g)
+		}
+		g.runs = append(g.runs, r)
 	}
+	return out
+}
+
+// figure collects one figure of each run that has it.
+func (g *loadGroup) figure(f func(loadRow) (float64, bool)) spread {
+	var xs []float64
+	for _, r := range g.runs {
+		if v, ok := f(r); ok {
+			xs = append(xs, v)
+		}
+	}
+	return spreadOf(xs)
+}
+
+// msOf is a latency figure in milliseconds, absent when nothing was measured.
+func msOf(f func(loadRow) dist, pick func(dist) time.Duration) func(loadRow) (float64, bool) {
+	return func(r loadRow) (float64, bool) {
+		d := f(r)
+		return float64(pick(d)) / float64(time.Millisecond), d.n > 0
+	}
+}
+
+func (g *loadGroup) cells() []string {
+	r0 := g.runs[0]
+	lat := func(f func(loadRow) dist, pick func(dist) time.Duration) string {
+		return g.figure(msOf(f, pick)).text(2, true)
+	}
+	send := func(r loadRow) dist { return r.latSend }
+	capt := func(r loadRow) dist { return r.lat }
+	exec := func(r loadRow) dist { return r.insExec }
+	p50 := func(d dist) time.Duration { return d.p50 }
+	p90 := func(d dist) time.Duration { return d.p90 }
+	p99 := func(d dist) time.Duration { return d.p99 }
+	peak := func(d dist) time.Duration { return d.peak }
+	med := func(prec int, f func(loadRow) (float64, bool)) string { return g.figure(f).text(prec, false) }
+	cpu := func(f func(loadRow) (time.Duration, bool)) string {
+		return med(2, func(r loadRow) (float64, bool) { d, ok := f(r); return d.Seconds(), ok })
+	}
+	handoff := func(i int) string {
+		s := g.figure(func(r loadRow) (float64, bool) {
+			q := r.handoff[i]
+			return float64(q.d) / float64(time.Millisecond), q.ok
+		}).text(2, true)
+		for _, r := range g.runs {
+			if r.handoff[i].over {
+				return s + " (beyond the last bucket)"
+			}
+		}
+		return s
+	}
+	runs := strconv.Itoa(len(g.runs))
+	if len(g.runs) < g.of {
+		runs = fmt.Sprintf("%d of %d", len(g.runs), g.of)
+	}
+	return []string{
+		r0.scenario, string(r0.tr), runs,
+		med(0, func(r loadRow) (float64, bool) { return float64(r.clients), true }) + "/" + strconv.Itoa(r0.rooms),
+		strconv.FormatFloat(r0.rate, 'f', 0, 64),
+		med(0, func(r loadRow) (float64, bool) { return r.ins.rate(), true }),
+		g.sum(func(r loadRow) int64 { return r.expected }, false),
+		g.sum(func(r loadRow) int64 { return r.delivered }, false),
+		g.sum(func(r loadRow) int64 { return r.missing }, true),
+		g.sum(func(r loadRow) int64 { return r.dups }, true),
+		g.sum(func(r loadRow) int64 { return int64(r.ended) }, true),
+		lat(send, p50), lat(send, p90), lat(send, p99), lat(send, peak),
+		lat(capt, p50), lat(capt, p99), lat(exec, p50), lat(exec, p99),
+		handoff(0), handoff(1),
+		med(0, func(r loadRow) (float64, bool) { return r.perSecond(), true }),
+		cpu(func(r loadRow) (time.Duration, bool) { return r.cpu.app, r.cpu.appOK }),
+		med(2, func(r loadRow) (float64, bool) {
+			return float64(r.cpu.app) / float64(time.Microsecond) / float64(r.delivered), r.cpu.appOK && r.delivered > 0
+		}),
+		med(1, func(r loadRow) (float64, bool) { return float64(r.cpu.appHWM) / (1 << 20), r.cpu.appOK }),
+		cpu(func(r loadRow) (time.Duration, bool) { return r.cpu.lis, r.cpu.lisOK }),
+		med(1, func(r loadRow) (float64, bool) { return float64(r.cpu.lisHWM) / (1 << 20), r.cpu.lisOK }),
+		cpu(func(r loadRow) (time.Duration, bool) { return r.cpu.redis, r.cpu.rOK }),
+		cpu(func(r loadRow) (time.Duration, bool) { return r.cpu.pg, r.cpu.pgOK }),
+		cpu(func(r loadRow) (time.Duration, bool) { return r.benchCPU, r.benchCPU > 0 }),
+		cpu(func(r loadRow) (time.Duration, bool) { return r.cpu.others(r.benchCPU) }),
+		g.loads(),
+	}
+}
+
+// sum adds a count over the runs; with perRun, a non-zero total also shows
+// each run's count ("3 (0+3+0)").
+func (g *loadGroup) sum(f func(loadRow) int64, perRun bool) string {
+	var total int64
+	parts := make([]string, len(g.runs))
+	for i, r := range g.runs {
+		n := f(r)
+		total += n
+		parts[i] = strconv.FormatInt(n, 10)
+	}
+	s := strconv.FormatInt(total, 10)
+	if perRun && total != 0 && len(g.runs) > 1 {
+		s += " (" + strings.Join(parts, "+") + ")"
+	}
+	return s
+}
+
+// loads is the range of load1 over the runs.
+func (g *loadGroup) loads() string {
+	var xs []float64
+	for _, r := range g.runs {
+		if v, err := strconv.ParseFloat(r.load, 64); err == nil {
+			xs = append(xs, v)
+		}
+	}
+	s := spreadOf(xs)
+	switch {
+	case s.n == 0:
+		return "?"
+	case s.lo == s.hi:
+		return strconv.FormatFloat(s.lo, 'f', 2, 64)
+	}
+	return strconv.FormatFloat(s.lo, 'f', 2, 64) + "–" + strconv.FormatFloat(s.hi, 'f', 2, 64)
+}
+
+// notes are the runs' notes, each named by its run when there are several.
+func (g *loadGroup) notes() []string {
+	var out []string
+	for _, r := range g.runs {
+		if r.note == "" {
+			continue
+		}
+		who := r.scenario + " " + string(r.tr)
+		if g.of > 1 {
+			who += fmt.Sprintf(" run %d", r.run)
+		}
+		out = append(out, who+": "+r.note)
+	}
+	return out
 }
 
 func mibOK(b int64, ok bool) string {

@@ -4,24 +4,39 @@
 // duplicated events, and the CPU and memory the app and listener use.
 //
 //	go run ./e2e/bench -scenario S1 -transport ws
-//	go run ./e2e/bench -scenario all -transport both
+//	go run ./e2e/bench -scenario all -transport both -runs 3
+//	go run ./e2e/bench -native -scenario S1,S2,S4 -transport both -runs 3
 //
-// By default it starts Postgres and Redis containers (internal/testenv) and
-// builds and runs the app and listener as child processes. With
-// DATABASE_URL and REDIS_URL set it uses those servers instead; with -app it
-// drives an app that is already running (and -no-listener when a listener
-// runs too).
+// By default it starts Postgres and Redis containers (internal/testenv);
+// with -native it runs Postgres 15 and Redis 7 from the Debian packages as
+// processes on loopback instead (no docker-proxy hop), Postgres with
+// synchronous_commit=off. It builds and runs the app and listener as child
+// processes. With DATABASE_URL and REDIS_URL set it uses those servers
+// instead; with -app it drives an app that is already running (and
+// -no-listener when a listener runs too).
 //
 // Scenarios: S1 100 clients over 10 rooms, 200 rows/s of 1 KiB for 20 s;
 // S2 1,000 clients, 500 rows/s; S3 10,000 idle connections (memory per
-// connection); S4 1,000 clients while the rate steps up until p99 reaches
-// 50 ms or anything is lost; L the listener alone draining a backlog of
-// 100,000 outbox rows.
+// connection); S4 1,000 clients while the rate steps up until the
+// send→recv p99 reaches 50 ms or anything is lost; L the listener alone
+// draining a backlog of 100,000 outbox rows.
 //
-// Latency is the receipt time minus the event's "at" (when the trigger
-// captured the row, inside the inserting transaction, by the same kernel
-// clock); "send→recv" is the receipt time minus the time the bench sent the
-// INSERT, written in the row's body.
+// The publisher is shaped like an application: -db-conns connections (4),
+// each sending single-row INSERTs in autocommit, scheduled at the target
+// rate and handed to whichever connection is free.
+//
+// The headline latency is send→recv: the receipt time minus the time read
+// just before the INSERT was written to Postgres (carried in the row's
+// body), so it includes the commit, the listener, Redis and the app. After
+// it come capture→recv (receipt minus the event's "at", taken by the
+// trigger inside the transaction, same kernel clock), the INSERT's own
+// round trip, and capture→app from the app's histogram, interpolated
+// within its buckets.
+//
+// With -runs N each row runs N times, interleaved (S1 ws, S1 sse, S1 ws,
+// ...); the table gives each figure's median, the latency percentiles with
+// their range over the runs ("1.42 (1.38–1.51)"), and the delivery counts
+// summed over the runs, each run's shown when any is not 0.
 package main
 
 import (
@@ -74,6 +89,7 @@ type options struct {
 	drain       time.Duration
 	backlog     int
 	profile     string
+	runs        int
 	stack       stackConfig
 }
 
@@ -92,10 +108,12 @@ func main() {
 	flag.StringVar(&steps, "steps", "250,500,1000,1500,2000", "S4's insert rates (rows/s)")
 	flag.IntVar(&o.rowSize, "row-size", 1024, "approximate JSON size of each inserted row (bytes)")
 	flag.IntVar(&o.connectRate, "connect-rate", 1000, "new connections per second")
-	flag.IntVar(&o.workers, "db-conns", 8, "Postgres connections inserting rows")
+	flag.IntVar(&o.workers, "db-conns", 4, "Postgres connections inserting rows, each sending single-row INSERTs in autocommit")
+	flag.IntVar(&o.runs, "runs", 1, "run each scenario row this many times, interleaved (S1 ws, S1 sse, S1 ws, ...), and print medians with their range")
+	flag.BoolVar(&o.stack.native, "native", false, "run Postgres 15 (synchronous_commit=off) and Redis 7 as local processes from the Debian packages postgresql-15 and redis-server, not containers")
 	flag.DurationVar(&o.drain, "drain", 10*time.Second, "after the last insert, wait this long without progress for missing events")
 	flag.IntVar(&o.backlog, "backlog", 100000, "L: outbox rows to drain")
-	flag.StringVar(&o.profile, "pprof", "", "directory for pprof profiles: app and listener CPU during S1 and S2, app heap in S3, listener CPU in L")
+	flag.StringVar(&o.profile, "pprof", "", "directory for pprof profiles (first run): app and listener CPU during S1 and S2, app heap in S3, listener CPU in L")
 	flag.StringVar(&o.stack.src, "src", os.Getenv("ROWCAST_BENCH_SRC"), "module directory to build app and listener from (default: this one)")
 	flag.StringVar(&o.stack.appURL, "app", "", "base URL of a running app to drive instead of starting one (http://host:port)")
 	flag.IntVar(&o.stack.appPID, "app-pid", 0, "PID of the -app process, for its CPU and memory")
@@ -103,8 +121,17 @@ func main() {
 	flag.IntVar(&o.stack.listenPID, "listener-pid", 0, "PID of that listener, for its CPU and memory")
 	flag.StringVar(&o.stack.syncCommit, "synchronous-commit", "", "synchronous_commit for the bench's INSERT sessions, e.g. off to leave the disk's fsync out of the latency (default: the server's, on)")
 	flag.BoolVar(&o.stack.verbose, "v", false, "log container start-up")
-	flag.DurationVar(&timeout, "timeout", time.Hour, "bound on the whole run")
+	flag.DurationVar(&timeout, "timeout", 0, "bound on the whole run (default 1h per run)")
 	flag.StringVar(&selfProfile, "cpuprofile", "", "write the bench's own CPU profile to this file")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: go run ./e2e/bench [flags]\n\n"+
+			"Runs Postgres, Redis, the listener and the app and measures send→recv latency (the time from just before\n"+
+			"the INSERT is written to the client's receipt), throughput, lost and duplicated events, CPU and memory.\n"+
+			"Latency columns: send→recv p50/p90/p99/max, then capture→recv, the INSERT's round trip and capture→app\n"+
+			"(interpolated within the app's histogram buckets). Postgres and Redis: containers, or with -native local\n"+
+			"processes. With -runs N: medians of N interleaved runs, latencies with their range (min–max).\n\n")
+		flag.PrintDefaults()
+	}
 	flag.Parse()
 	if selfProfile != "" {
 		f, err := os.Create(selfProfile)
@@ -128,6 +155,22 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
+	o.stack.dbConns = o.workers
+	if timeout <= 0 {
+		timeout = time.Duration(max(o.runs, 1)) * time.Hour
+	}
+	switch {
+	case o.runs < 1:
+		err = errors.New("-runs must be at least 1")
+	case o.workers < 1:
+		err = errors.New("-db-conns must be at least 1")
+	case o.stack.native && o.stack.appURL != "":
+		err = errors.New("-native starts its own servers; -app drives an app that uses other ones")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
 	if o.stack.appURL != "" && (os.Getenv("DATABASE_URL") == "" || os.Getenv("REDIS_URL") == "") {
 		fmt.Fprintln(os.Stderr, "bench: -app needs DATABASE_URL and REDIS_URL of the servers that app uses")
 		os.Exit(2)
@@ -139,6 +182,7 @@ func main() {
 	defer cancel()
 
 	tb := &mainTB{verbose: o.stack.verbose}
+	defer tb.runCleanups() // on a panic; after the explicit call below there is nothing left
 	res, err := run(ctx, tb, o)
 	tb.runCleanups()
 	res.print(os.Stdout)
@@ -151,6 +195,7 @@ func main() {
 
 // results are the rows of the three tables.
 type results struct {
+	runs     int
 	load     []loadRow
 	idle     []idleRow
 	listener []listenerRow
@@ -160,7 +205,7 @@ type results struct {
 // run runs the selected scenarios; a scenario that fails is reported and the
 // others still run.
 func run(ctx context.Context, tb testing.TB, o options) (*results, error) {
-	res := &results{}
+	res := &results{runs: o.runs}
 	limit := raiseFileLimit(1 << 20)
 	progress("open-file limit %d; load %s", limit, loadavg())
 	debug.SetGCPercent(400) // the bench's own GC competes with the app for the CPU
@@ -197,50 +242,79 @@ func run(ctx context.Context, tb testing.TB, o options) (*results, error) {
 		}
 		return []float64{def}
 	}
-	emit := func(r loadRow) { progress("| %s |", strings.Join(r.cells(), " | ")) }
-	for _, sc := range o.scenarios {
-		if ctx.Err() != nil {
-			break
+	emit := func(r loadRow) {
+		c := (&loadGroup{runs: []loadRow{r}, of: 1}).cells()
+		c[2] = fmt.Sprintf("run %d/%d", r.run, o.runs)
+		progress("| %s |", strings.Join(c, " | "))
+	}
+	what := func(sc string, tr transport, run int) string {
+		w := sc
+		if tr != "" {
+			w += " " + string(tr)
 		}
-		switch sc {
-		case "S1", "S2", "S4":
-			for _, tr := range o.transports {
-				spec := loadSpec{name: sc, tr: tr, rowSize: o.rowSize, connectRate: o.connectRate, workers: o.workers, drain: o.drain}
-				switch sc {
-				case "S1":
-					spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 100), pick(o.rooms, 10), rate(200), dur(20*time.Second)
-					spec.profile = o.profile
-				case "S2":
-					spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 1000), pick(o.rooms, 10), rate(500), dur(20*time.Second)
-					spec.profile = o.profile
-				case "S4":
-					spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 1000), pick(o.rooms, 10), o.steps, dur(10*time.Second)
-					spec.stopAt = 50 * time.Millisecond
-				}
-				rows, err := s.runLoad(ctx, spec, emit)
-				res.load = append(res.load, rows...)
-				if err != nil {
-					fail(sc+" "+string(tr), err)
-				}
+		if o.runs > 1 {
+			w += fmt.Sprintf(" run %d", run)
+		}
+		return w
+	}
+	for _, sc := range o.scenarios {
+		// Runs are interleaved: S1 ws, S1 sse, S1 ws, S1 sse, ...
+		for run := 1; run <= o.runs; run++ {
+			profile := ""
+			if run == 1 {
+				profile = o.profile
 			}
-		case "S3":
-			for _, tr := range o.transports {
-				row, err := s.runIdle(ctx, tr, pick(o.clients, 10000), pick(o.rooms, 10), o.connectRate, dur(10*time.Second), o.profile)
+			switch sc {
+			case "S1", "S2", "S4":
+				for _, tr := range o.transports {
+					if ctx.Err() != nil {
+						break
+					}
+					spec := loadSpec{name: sc, tr: tr, run: run, rowSize: o.rowSize, connectRate: o.connectRate, workers: o.workers, drain: o.drain}
+					switch sc {
+					case "S1":
+						spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 100), pick(o.rooms, 10), rate(200), dur(20*time.Second)
+						spec.profile = profile
+					case "S2":
+						spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 1000), pick(o.rooms, 10), rate(500), dur(20*time.Second)
+						spec.profile = profile
+					case "S4":
+						spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 1000), pick(o.rooms, 10), o.steps, dur(10*time.Second)
+						spec.stopAt = 50 * time.Millisecond
+					}
+					rows, err := s.runLoad(ctx, spec, emit)
+					res.load = append(res.load, rows...)
+					if err != nil {
+						fail(what(sc, tr, run), err)
+					}
+				}
+			case "S3":
+				for _, tr := range o.transports {
+					if ctx.Err() != nil {
+						break
+					}
+					row, err := s.runIdle(ctx, run, tr, pick(o.clients, 10000), pick(o.rooms, 10), o.connectRate, dur(10*time.Second), profile)
+					if err != nil {
+						fail(what("S3", tr, run), err)
+						continue
+					}
+					row.run = run
+					progress("| %s |", strings.Join(row.cells(), " | "))
+					res.idle = append(res.idle, row)
+				}
+			case "L":
+				if ctx.Err() != nil {
+					break
+				}
+				row, err := s.runListener(ctx, run, o.backlog, pick(o.rooms, 10), o.rowSize, profile)
 				if err != nil {
-					fail("S3 "+string(tr), err)
+					fail(what("L", "", run), err)
 					continue
 				}
+				row.run = run
 				progress("| %s |", strings.Join(row.cells(), " | "))
-				res.idle = append(res.idle, row)
+				res.listener = append(res.listener, row)
 			}
-		case "L":
-			row, err := s.runListener(ctx, o.backlog, pick(o.rooms, 10), o.rowSize, o.profile)
-			if err != nil {
-				fail("L", err)
-				continue
-			}
-			progress("| %s |", strings.Join(row.cells(), " | "))
-			res.listener = append(res.listener, row)
 		}
 	}
 	return res, errors.Join(errs...)
@@ -256,39 +330,58 @@ func (r *results) print(w io.Writer) {
 			fmt.Fprintf(w, "| %s |\n", strings.Join(c, " | "))
 		}
 	}
+	if r.runs > 1 && len(r.load)+len(r.idle)+len(r.listener) > 0 {
+		fmt.Fprintf(w, "\nEach row: medians of %d interleaved runs; latency percentiles with their range (min–max) over the runs. "+
+			"expected, delivered, missing, dup, closed (and S3 failed, closed; L rejected) are totals over the runs, "+
+			"each run's count in parentheses when not 0.\n", r.runs)
+	}
 	var notes []string
 	if len(r.load) > 0 {
 		var rows [][]string
-		for _, x := range r.load {
-			rows = append(rows, x.cells())
-			if x.note != "" {
-				notes = append(notes, fmt.Sprintf("%s %s: %s", x.scenario, x.tr, x.note))
-			}
+		for _, g := range groupLoad(r.load, r.runs) {
+			rows = append(rows, g.cells())
+			notes = append(notes, g.notes()...)
 		}
 		table(loadHeader, rows)
 	}
+	runName := func(run int) string {
+		if r.runs > 1 {
+			return fmt.Sprintf(" run %d", run)
+		}
+		return ""
+	}
 	if len(r.idle) > 0 {
-		var rows [][]string
+		var order []transport
+		byTr := map[transport][][]string{}
 		for _, x := range r.idle {
-			rows = append(rows, x.cells())
+			if byTr[x.tr] == nil {
+				order = append(order, x.tr)
+			}
+			byTr[x.tr] = append(byTr[x.tr], x.cells())
 			if x.failed > 0 {
-				notes = append(notes, fmt.Sprintf("S3 %s: %d connections failed: %v", x.tr, x.failed, x.firstErr))
+				notes = append(notes, fmt.Sprintf("S3 %s%s: %d connections failed: %v", x.tr, runName(x.run), x.failed, x.firstErr))
 			}
 			if x.profileErr != nil {
-				notes = append(notes, fmt.Sprintf("S3 %s: heap profile: %v", x.tr, x.profileErr))
+				notes = append(notes, fmt.Sprintf("S3 %s%s: heap profile: %v", x.tr, runName(x.run), x.profileErr))
 			}
 		}
-		table(idleHeader, rows)
+		var rows [][]string
+		for _, tr := range order {
+			runs := byTr[tr]
+			rows = append(rows, slices.Insert(mergeCells(runs, idleSum, idleSpan), 2, strconv.Itoa(len(runs))))
+		}
+		table(slices.Insert(slices.Clone(idleHeader), 2, "runs"), rows)
 	}
 	if len(r.listener) > 0 {
-		var rows [][]string
+		var runs [][]string
 		for _, x := range r.listener {
-			rows = append(rows, x.cells())
+			runs = append(runs, x.cells())
 			if x.profileErr != nil {
-				notes = append(notes, fmt.Sprintf("L: profile: %v", x.profileErr))
+				notes = append(notes, fmt.Sprintf("L%s: profile: %v", runName(x.run), x.profileErr))
 			}
 		}
-		table(listenerHeader, rows)
+		table(slices.Insert(slices.Clone(listenerHeader), 1, "runs"),
+			[][]string{slices.Insert(mergeCells(runs, listenerSum, listenerSpan), 1, strconv.Itoa(len(runs)))})
 	}
 	for _, n := range append(notes, r.notRun...) {
 		fmt.Fprintln(w, "- "+n)

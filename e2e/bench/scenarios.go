@@ -17,6 +17,7 @@ import (
 type loadSpec struct {
 	name        string
 	tr          transport
+	run         int // 1-based; names the rooms, so runs never share one
 	clients     int
 	rooms       int
 	rates       []float64
@@ -25,8 +26,8 @@ type loadSpec struct {
 	connectRate int
 	workers     int
 	drain       time.Duration // wait for late deliveries after the last insert
-	// stopAt ends a stepped scenario after the first step whose p99 reaches
-	// it, or that loses anything (0: run every step).
+	// stopAt ends a stepped scenario after the first step whose send→recv
+	// p99 reaches it, or that loses anything (0: run every step).
 	stopAt time.Duration
 	// profile, when set, saves a CPU profile of the app during the first
 	// phase into this directory.
@@ -73,7 +74,7 @@ func (s *stack) runLoad(ctx context.Context, spec loadSpec, emit func(loadRow)) 
 		lisPID = lis.pid()
 	}
 
-	rooms := roomNames("b"+spec.name+string(spec.tr)+"-", spec.rooms)
+	rooms := roomNames(fmt.Sprintf("b%s%s%d-", spec.name, spec.tr, spec.run), spec.rooms)
 	progress("%s %s: connecting %d clients over %d rooms at %d/s", spec.name, spec.tr, spec.clients, spec.rooms, spec.connectRate)
 	f := connectFleet(ctx, newDialers(sourceAddrs(spec.clients)), spec.tr, a.base, spec.clients, rooms, spec.connectRate)
 	defer f.close()
@@ -88,8 +89,8 @@ func (s *stack) runLoad(ctx context.Context, spec loadSpec, emit func(loadRow)) 
 	in := newInserter(s.db, rooms, spec.rowSize, spec.workers)
 	var rows []loadRow
 	for i, rate := range spec.rates {
-		row := loadRow{scenario: spec.name, tr: spec.tr, clients: len(f.clients), rooms: spec.rooms, rate: rate, dur: spec.dur,
-			connectFailed: f.failed, connectErr: f.firstErr}
+		row := loadRow{scenario: spec.name, tr: spec.tr, run: max(spec.run, 1), clients: len(f.clients), rooms: spec.rooms, rate: rate,
+			dur: spec.dur, connectFailed: f.failed, connectErr: f.firstErr}
 		if len(spec.rates) > 1 {
 			row.scenario = fmt.Sprintf("%s@%g", spec.name, rate)
 		}
@@ -113,9 +114,13 @@ func (s *stack) runLoad(ctx context.Context, spec loadSpec, emit func(loadRow)) 
 		hist0, _ := scrapeHandoff(a.base)
 		ins := in.run(ctx, rate, spec.dur)
 		row.ins = ins
-		row.insExec = distOf(ins.exec)
-		if ins.failed > 0 {
+		row.insExec, row.insLag = distOf(ins.exec), distOf(ins.lag)
+		if ins.failed > 0 || ins.firstErr != nil {
 			row.note = fmt.Sprintf("%d inserts failed: %v", ins.failed, ins.firstErr)
+		}
+		if row.insLag.p99 > 10*time.Millisecond {
+			row.note = joinNote(row.note, fmt.Sprintf("rows sent late (timer wake-up, or every connection busy): due→send p50/p99/max %s/%s/%s ms",
+				ms(row.insLag.p50), ms(row.insLag.p99), ms(row.insLag.peak)))
 		}
 		// Expected: every committed row once per client of its room.
 		perRoom := make([]int64, spec.rooms)
@@ -140,8 +145,11 @@ func (s *stack) runLoad(ctx context.Context, spec loadSpec, emit func(loadRow)) 
 		row.cpu = diff(before, after)
 		row.benchCPU = procUsage(selfPID).cpu - benchBefore.cpu
 		hist1, _ := scrapeHandoff(a.base)
-		row.handoff = hist1.quantiles(hist0, 0.5, 0.99)
+		row.handoff = [2]bucketQuantile{hist1.quantile(hist0, 0.5), hist1.quantile(hist0, 0.99)}
 		row.load = loadavg()
+		if ctx.Err() != nil {
+			row.note = joinNote(row.note, "interrupted: the figures are partial")
+		}
 
 		var lat, latSend []int64
 		for _, c := range f.clients {
@@ -179,7 +187,7 @@ func (s *stack) runLoad(ctx context.Context, spec loadSpec, emit func(loadRow)) 
 		}
 		rows = append(rows, row)
 		emit(row)
-		if spec.stopAt > 0 && (row.lat.p99 >= spec.stopAt || !row.ok()) {
+		if spec.stopAt > 0 && (row.latSend.p99 >= spec.stopAt || !row.ok()) {
 			break
 		}
 		if ins.rate() < 0.9*rate {
@@ -199,6 +207,7 @@ func joinNote(a, b string) string {
 
 // idleRow is the app's memory with n idle connections.
 type idleRow struct {
+	run                int
 	tr                 transport
 	clients, failed    int
 	firstErr           error
@@ -212,6 +221,10 @@ type idleRow struct {
 	load               string
 	profileErr, memErr error
 }
+
+// Columns of idleRow.cells that several runs add up, and those given as a
+// range (see mergeCells).
+var idleSum, idleSpan = []int{3, 10}, []int{11}
 
 var idleHeader = []string{"scenario", "transport", "connections", "failed", "connect s", "app RSS before/after MiB",
 	"RSS KiB/conn", "Go heap KiB/conn", "Go stacks KiB/conn", "goroutines", "closed during hold", "load1"}
@@ -230,7 +243,7 @@ func (r idleRow) cells() []string {
 
 // runIdle holds n idle connections and measures the app's memory per
 // connection: RSS delta / n, and the Go heap delta after a GC.
-func (s *stack) runIdle(ctx context.Context, tr transport, n, nrooms, connectRate int, hold time.Duration, profile string) (idleRow, error) {
+func (s *stack) runIdle(ctx context.Context, run int, tr transport, n, nrooms, connectRate int, hold time.Duration, profile string) (idleRow, error) {
 	row := idleRow{tr: tr, hold: hold}
 	var lis *proc
 	if !s.cfg.noListener {
@@ -251,7 +264,7 @@ func (s *stack) runIdle(ctx context.Context, tr transport, n, nrooms, connectRat
 	}
 	row.rss0 = procUsage(a.pid).rss
 
-	rooms := roomNames("bS3"+string(tr)+"-", nrooms)
+	rooms := roomNames(fmt.Sprintf("bS3%s%d-", tr, run), nrooms)
 	progress("S3 %s: connecting %d idle clients at %d/s", tr, n, connectRate)
 	f := connectFleet(ctx, newDialers(sourceAddrs(n)), tr, a.base, n, rooms, connectRate)
 	defer f.close()
@@ -281,6 +294,7 @@ func (s *stack) runIdle(ctx context.Context, tr transport, n, nrooms, connectRat
 
 // listenerRow is the L scenario: a backlog moved from the outbox to Redis.
 type listenerRow struct {
+	run            int
 	backlog        int
 	rooms          int
 	insertTook     time.Duration
@@ -297,6 +311,10 @@ type listenerRow struct {
 	rejectedBefore int64
 	rejectedAfter  int64
 }
+
+// Columns of listenerRow.cells that several runs add up, and those given
+// as a range (see mergeCells).
+var listenerSum, listenerSpan = []int{13}, []int{14}
 
 var listenerHeader = []string{"scenario", "backlog rows", "rooms", "backlog insert s", "start→leading s", "drain s", "rows/s",
 	"listener CPU s", "listener µs/row", "listener peak RSS MiB", "redis CPU s", "postgres CPU s", "other CPU s", "rejected", "load1"}
@@ -321,7 +339,7 @@ func (r listenerRow) cells() []string {
 
 // runListener inserts a backlog with no listener running, starts one and
 // times it until the outbox is empty.
-func (s *stack) runListener(ctx context.Context, backlog, nrooms, rowSize int, profile string) (listenerRow, error) {
+func (s *stack) runListener(ctx context.Context, run, backlog, nrooms, rowSize int, profile string) (listenerRow, error) {
 	row := listenerRow{backlog: backlog, rooms: nrooms}
 	if s.cfg.noListener {
 		return row, errors.New("not run: the listener is not the bench's (-no-listener)")
@@ -334,7 +352,7 @@ func (s *stack) runListener(ctx context.Context, backlog, nrooms, rowSize int, p
 		return row, fmt.Errorf("the outbox holds %d rows before the backlog: is another listener stopped or missing?", left)
 	}
 	_ = s.db.QueryRow(ctx, `SELECT count(*) FROM rowcast.rejected`).Scan(&row.rejectedBefore)
-	room := "bL-" + runID
+	room := fmt.Sprintf("bL%d-%s", run, runID)
 	bodyLen := max(40, rowSize-rowOverhead-len(room)-3)
 	progress("L: inserting a backlog of %d rows over %d rooms", backlog, nrooms)
 	t0 := time.Now()
@@ -404,7 +422,7 @@ func (s *stack) runListener(ctx context.Context, backlog, nrooms, rowSize int, p
 	row.redis, row.rOK, row.pg, row.pgOK = d.redis, d.rOK, d.pg, d.pgOK
 	// The bench stands in as "app" in the snapshots: others excludes it.
 	d.lis, d.lisOK = u.cpu, u.ok
-	row.others = d.others(0)
+	row.others = secs(d.others(0))
 	row.load = loadavg()
 	_ = s.db.QueryRow(ctx, `SELECT count(*) FROM rowcast.rejected`).Scan(&row.rejectedAfter)
 	row.profileErr = <-profDone

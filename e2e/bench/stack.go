@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,21 +32,24 @@ type stackConfig struct {
 	noListener bool   // a listener already runs: do not start one
 	listenPID  int    // its PID (0 = unknown)
 	syncCommit string // synchronous_commit of the bench's inserting sessions ("" = the server's)
+	native     bool   // run Postgres and Redis as processes of this machine, not containers
+	dbConns    int    // connections the inserter holds (the pool allows a few more)
 	verbose    bool
 }
 
 // stack is Postgres, Redis and the binaries: containers started through
-// internal/testenv (cleaned up by tb), or the servers named by DATABASE_URL
-// and REDIS_URL.
+// internal/testenv or native processes (both stopped by tb's cleanup), or
+// the servers named by DATABASE_URL and REDIS_URL.
 type stack struct {
 	cfg      stackConfig
 	tb       testing.TB
 	pgURL    string
 	redisURL string
-	pgCtr    string // container ids, for their CPU figures ("" when not ours)
-	redisCtr string
-	bins     struct{ dir, app, listener string }
-	db       *pgxpool.Pool
+	// pgCPU and redisCPU read the servers' CPU time (nil when they are not
+	// the bench's): the containers' cgroups, or the native processes.
+	pgCPU, redisCPU func() (time.Duration, bool)
+	bins            struct{ dir, app, listener string }
+	db              *pgxpool.Pool
 }
 
 func startStack(ctx context.Context, tb testing.TB, cfg stackConfig) (*stack, error) {
@@ -55,6 +59,12 @@ func startStack(ctx context.Context, tb testing.TB, cfg stackConfig) (*stack, er
 	}
 	s.pgURL, s.redisURL = os.Getenv("DATABASE_URL"), os.Getenv("REDIS_URL")
 	switch {
+	case cfg.native && (s.pgURL != "" || s.redisURL != ""):
+		return nil, errors.New("-native starts its own Postgres and Redis: unset DATABASE_URL and REDIS_URL")
+	case cfg.native:
+		if err := s.startNative(ctx); err != nil {
+			return nil, err
+		}
 	case s.pgURL != "" && s.redisURL != "":
 		progress("using DATABASE_URL and REDIS_URL")
 	case s.pgURL != "" || s.redisURL != "":
@@ -72,7 +82,7 @@ func startStack(ctx context.Context, tb testing.TB, cfg stackConfig) (*stack, er
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
-	pcfg.MaxConns = 16
+	pcfg.MaxConns = int32(max(16, cfg.dbConns+4))
 	if cfg.syncCommit != "" {
 		pcfg.ConnConfig.RuntimeParams["synchronous_commit"] = cfg.syncCommit
 	}
@@ -90,7 +100,9 @@ func (s *stack) startContainers(ctx context.Context) error {
 		return err
 	}
 	s.pgURL, s.redisURL = ts.PostgresURL, ts.RedisURL
-	s.pgCtr, s.redisCtr = ts.Postgres.Container().GetContainerID(), ts.Redis.Container().GetContainerID()
+	pgCtr, redisCtr := ts.Postgres.Container().GetContainerID(), ts.Redis.Container().GetContainerID()
+	s.pgCPU = func() (time.Duration, bool) { return containerCPU(pgCtr) }
+	s.redisCPU = func() (time.Duration, bool) { return containerCPU(redisCtr) }
 	return nil
 }
 
@@ -326,26 +338,43 @@ type usage struct {
 	ok       bool
 }
 
+// procStat returns the fields of /proc/PID/stat after the command name
+// (which is in parentheses and may hold spaces): f[0] is the state (field
+// 3), f[1] the parent's PID, f[11] utime, f[12] stime, f[13] cutime and
+// f[14] cstime (the CPU of waited-for children).
+func procStat(pid int) ([]string, bool) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return nil, false
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	return f, len(f) >= 15
+}
+
+func ticks(f []string, idx ...int) time.Duration {
+	var n int64
+	for _, i := range idx {
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		n += v
+	}
+	return time.Duration(n) * time.Second / clockTicks
+}
+
 // procUsage reads /proc/PID/stat (utime+stime) and /proc/PID/status (VmRSS,
 // VmHWM: resident now and at its peak).
 func procUsage(pid int) usage {
 	if pid <= 0 {
 		return usage{}
 	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
+	f, ok := procStat(pid)
+	if !ok {
 		return usage{}
 	}
-	// Fields after the command name, which is in parentheses and may hold
-	// spaces: state is field 3, utime field 14, stime field 15.
-	i := bytes.LastIndexByte(stat, ')')
-	f := strings.Fields(string(stat[i+1:]))
-	if len(f) < 13 {
-		return usage{}
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	u := usage{cpu: time.Duration(ut+st) * time.Second / clockTicks, ok: true}
+	u := usage{cpu: ticks(f, 11, 12), ok: true}
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return u
@@ -361,6 +390,46 @@ func procUsage(pid int) usage {
 		}
 	}
 	return u
+}
+
+// treeCPU is the CPU time of process root and all its descendants: each
+// one's utime+stime plus cutime+cstime, which hold the children it has
+// already waited for. For a Postgres postmaster that is every backend,
+// those still running and those that have ended. ok is false when root is
+// gone.
+func treeCPU(root int) (time.Duration, bool) {
+	rf, ok := procStat(root)
+	if !ok {
+		return 0, false
+	}
+	total := ticks(rf, 11, 12, 13, 14)
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return total, true
+	}
+	children := map[int][]int{}
+	cpu := map[int]time.Duration{}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == root {
+			continue
+		}
+		f, ok := procStat(pid)
+		if !ok {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		children[ppid] = append(children[ppid], pid)
+		cpu[pid] = ticks(f, 11, 12, 13, 14)
+	}
+	queue := slices.Clone(children[root])
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = queue[1:]
+		total += cpu[pid]
+		queue = append(queue, children[pid]...)
+	}
+	return total, true
 }
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every
@@ -478,35 +547,53 @@ func scrapeHandoff(base string) (h handoffHist, ok bool) {
 	return h, len(h.bounds) > 0
 }
 
-// quantiles returns the bucket bounds holding the q-quantiles of the events
-// counted between h0 and h, as text ("≤1", ">10"), in milliseconds.
-func (h handoffHist) quantiles(h0 handoffHist, qs ...float64) []string {
-	out := make([]string, len(qs))
+// bucketQuantile is a quantile of the hand-off histogram, interpolated
+// linearly within the bucket that holds it (as Prometheus's
+// histogram_quantile does): the histogram does not know where in the
+// bucket the events fell, so the figure is an estimate within the bucket's
+// bounds.
+type bucketQuantile struct {
+	d    time.Duration
+	ok   bool // events were counted
+	over bool // the quantile is in the +Inf bucket: d is the last finite bound
+}
+
+// quantile returns the q-quantile of the events counted between h0 and h.
+// The first bucket's lower bound is 0.
+func (h handoffHist) quantile(h0 handoffHist, q float64) bucketQuantile {
 	if len(h.counts) == 0 || len(h0.counts) != len(h.counts) {
-		for i := range out {
-			out[i] = "n/a"
-		}
-		return out
+		return bucketQuantile{}
 	}
-	total := h.counts[len(h.counts)-1] - h0.counts[len(h0.counts)-1]
-	for i, q := range qs {
-		out[i] = "n/a"
-		if total <= 0 {
+	n := len(h.counts)
+	total := h.counts[n-1] - h0.counts[n-1]
+	if total <= 0 {
+		return bucketQuantile{}
+	}
+	rank := q * total
+	var below float64 // events in the buckets under j
+	for j := range h.counts {
+		cum := h.counts[j] - h0.counts[j]
+		if cum < rank {
+			below = cum
 			continue
 		}
-		for j := range h.counts {
-			if h.counts[j]-h0.counts[j] >= q*total {
-				if h.bounds[j] >= 1e9 {
-					out[i] = ">" + strconv.FormatFloat(h.bounds[j-1]*1000, 'g', -1, 64)
-				} else {
-					out[i] = "≤" + strconv.FormatFloat(h.bounds[j]*1000, 'g', -1, 64)
-				}
-				break
-			}
+		lower := 0.0
+		if j > 0 {
+			lower = h.bounds[j-1]
 		}
+		if h.bounds[j] >= 1e9 { // +Inf
+			return bucketQuantile{d: seconds(lower), ok: true, over: true}
+		}
+		v := h.bounds[j]
+		if in := cum - below; in > 0 {
+			v = lower + (h.bounds[j]-lower)*(rank-below)/in
+		}
+		return bucketQuantile{d: seconds(v), ok: true}
 	}
-	return out
+	return bucketQuantile{}
 }
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 // hostBusy is the CPU time all CPUs of the machine spent not idle, from
 // /proc/stat (user, nice, system, irq, softirq, steal).
