@@ -134,9 +134,9 @@ func TestMergeCells(t *testing.T) {
 
 func TestHandoffQuantileInterpolates(t *testing.T) {
 	bounds := []float64{.001, .002, .005, 1e9}
-	h0 := handoffHist{bounds: bounds, counts: []float64{10, 10, 10, 10}}
+	h0 := latencyHist{bounds: bounds, counts: []float64{10, 10, 10, 10}}
 	// Between the scrapes: 40 events ≤ 1 ms, 40 in (1, 2] ms, 20 in (2, 5] ms.
-	h := handoffHist{bounds: bounds, counts: []float64{50, 90, 110, 110}}
+	h := latencyHist{bounds: bounds, counts: []float64{50, 90, 110, 110}}
 	near := func(q bucketQuantile, ms float64) bool {
 		return q.ok && !q.over && math.Abs(float64(q.d)/float64(time.Millisecond)-ms) < 1e-6
 	}
@@ -149,14 +149,14 @@ func TestHandoffQuantileInterpolates(t *testing.T) {
 	if q := h.quantile(h0, 0.99); !near(q, 4.85) { // rank 99: 19 of the 20 in (2, 5]
 		t.Errorf("p99 = %+v, want 4.85 ms", q)
 	}
-	over := handoffHist{bounds: bounds, counts: []float64{10, 10, 10, 20}}
+	over := latencyHist{bounds: bounds, counts: []float64{10, 10, 10, 20}}
 	if q := over.quantile(h0, 0.5); !q.ok || !q.over || q.d != 5*time.Millisecond {
 		t.Errorf("quantile in +Inf = %+v, want the last bound, over", q)
 	}
 	if q := h0.quantile(h0, 0.5); q.ok {
 		t.Errorf("no events: %+v", q)
 	}
-	if q := h.quantile(handoffHist{}, 0.5); q.ok {
+	if q := h.quantile(latencyHist{}, 0.5); q.ok {
 		t.Errorf("mismatched scrapes: %+v", q)
 	}
 }

@@ -331,6 +331,7 @@ type loadRow struct {
 	cpu                                                              cpuDelta
 	benchCPU                                                         time.Duration
 	handoff                                                          [2]bucketQuantile // capture → app hand-off p50, p99
+	publish                                                          [2]bucketQuantile // capture → Redis accepted (listener) p50, p99
 	load                                                             string
 	note                                                             string
 }
@@ -352,6 +353,7 @@ var loadHeader = []string{
 	"scenario", "transport", "runs", "clients/rooms", "target ins/s", "achieved ins/s", "expected", "delivered", "missing", "dup",
 	"closed", "send→recv p50 ms", "send→recv p90 ms", "send→recv p99 ms", "send→recv max ms",
 	"capture→recv p50 ms", "capture→recv p99 ms", "insert p50 ms", "insert p99 ms",
+	"capture→publish p50 ms (interpolated)", "capture→publish p99 ms (interpolated)",
 	"capture→app p50 ms (interpolated)", "capture→app p99 ms (interpolated)",
 	"deliveries/s", "app CPU s", "app µs/delivery", "app peak RSS MiB", "listener CPU s", "listener peak RSS MiB",
 	"redis CPU s", "postgres CPU s", "bench CPU s", "other CPU s", "load1",
@@ -418,18 +420,20 @@ func (g *loadGroup) cells() []string {
 	cpu := func(f func(loadRow) (time.Duration, bool)) string {
 		return med(2, func(r loadRow) (float64, bool) { d, ok := f(r); return d.Seconds(), ok })
 	}
-	handoff := func(i int) string {
+	bucket := func(f func(loadRow) bucketQuantile) string {
 		s := g.figure(func(r loadRow) (float64, bool) {
-			q := r.handoff[i]
+			q := f(r)
 			return float64(q.d) / float64(time.Millisecond), q.ok
 		}).text(2, true)
 		for _, r := range g.runs {
-			if r.handoff[i].over {
+			if f(r).over {
 				return s + " (beyond the last bucket)"
 			}
 		}
 		return s
 	}
+	handoff := func(i int) string { return bucket(func(r loadRow) bucketQuantile { return r.handoff[i] }) }
+	publish := func(i int) string { return bucket(func(r loadRow) bucketQuantile { return r.publish[i] }) }
 	runs := strconv.Itoa(len(g.runs))
 	if len(g.runs) < g.of {
 		runs = fmt.Sprintf("%d of %d", len(g.runs), g.of)
@@ -446,7 +450,7 @@ func (g *loadGroup) cells() []string {
 		g.sum(func(r loadRow) int64 { return int64(r.ended) }, true),
 		lat(send, p50), lat(send, p90), lat(send, p99), lat(send, peak),
 		lat(capt, p50), lat(capt, p99), lat(exec, p50), lat(exec, p99),
-		handoff(0), handoff(1),
+		publish(0), publish(1), handoff(0), handoff(1),
 		med(0, func(r loadRow) (float64, bool) { return r.perSecond(), true }),
 		cpu(func(r loadRow) (time.Duration, bool) { return r.cpu.app, r.cpu.appOK }),
 		med(2, func(r loadRow) (float64, bool) {

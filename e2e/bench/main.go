@@ -113,7 +113,7 @@ func main() {
 	flag.BoolVar(&o.stack.native, "native", false, "run Postgres 15 (synchronous_commit=off) and Redis 7 as local processes from the Debian packages postgresql-15 and redis-server, not containers")
 	flag.DurationVar(&o.drain, "drain", 10*time.Second, "after the last insert, wait this long without progress for missing events")
 	flag.IntVar(&o.backlog, "backlog", 100000, "L: outbox rows to drain")
-	flag.StringVar(&o.profile, "pprof", "", "directory for pprof profiles (first run): app and listener CPU during S1 and S2, app heap in S3, listener CPU in L")
+	flag.StringVar(&o.profile, "pprof", "", "directory for pprof profiles (first run): app and listener CPU profiles and 2 s execution traces during S1 and S2, app heap in S3, listener CPU in L")
 	flag.StringVar(&o.stack.src, "src", os.Getenv("ROWCAST_BENCH_SRC"), "module directory to build app and listener from (default: this one)")
 	flag.StringVar(&o.stack.appURL, "app", "", "base URL of a running app to drive instead of starting one (http://host:port)")
 	flag.IntVar(&o.stack.appPID, "app-pid", 0, "PID of the -app process, for its CPU and memory")
@@ -127,8 +127,8 @@ func main() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: go run ./e2e/bench [flags]\n\n"+
 			"Runs Postgres, Redis, the listener and the app and measures send→recv latency (the time from just before\n"+
 			"the INSERT is written to the client's receipt), throughput, lost and duplicated events, CPU and memory.\n"+
-			"Latency columns: send→recv p50/p90/p99/max, then capture→recv, the INSERT's round trip and capture→app\n"+
-			"(interpolated within the app's histogram buckets). Postgres and Redis: containers, or with -native local\n"+
+			"Latency columns: send→recv p50/p90/p99/max, then capture→recv, the INSERT's round trip, capture→publish\n"+
+			"(the listener's histogram) and capture→app (the app's), interpolated within histogram buckets. Postgres and Redis: containers, or with -native local\n"+
 			"processes. With -runs N: medians of N interleaved runs, latencies with their range (min–max).\n\n")
 		flag.PrintDefaults()
 	}

@@ -99,19 +99,26 @@ func (s *stack) runLoad(ctx context.Context, spec loadSpec, emit func(loadRow)) 
 		if spec.profile != "" && i == 0 {
 			secsN := max(1, int((spec.dur - 2*time.Second).Seconds()))
 			targets := map[string]*proc{"app": a.proc, "listener": lis}
-			profDone = make(chan error, len(targets))
+			profDone = make(chan error, 2*len(targets))
 			for who, p := range targets {
-				file := filepath.Join(spec.profile, fmt.Sprintf("%s-%s-%s.cpu.pprof", who, spec.name, spec.tr))
+				base := filepath.Join(spec.profile, fmt.Sprintf("%s-%s-%s", who, spec.name, spec.tr))
 				go func() {
 					time.Sleep(time.Second)
-					profDone <- saveProfile(ctx, p, "/debug/pprof/profile?seconds="+strconv.Itoa(secsN), file)
+					profDone <- saveProfile(ctx, p, "/debug/pprof/profile?seconds="+strconv.Itoa(secsN), base+".cpu.pprof")
+				}()
+				// A short execution trace shows where an event waits:
+				// go tool trace -pprof=sched <file>.
+				go func() {
+					time.Sleep(2 * time.Second)
+					profDone <- saveProfile(ctx, p, "/debug/pprof/trace?seconds=2", base+".trace")
 				}()
 			}
 		}
 		d0 := f.counters.distinct.Load()
 		before := s.snapshot(a.pid, lisPID)
 		benchBefore := procUsage(selfPID)
-		hist0, _ := scrapeHandoff(a.base)
+		hist0, _ := scrapeHist(a.base, handoffMetric)
+		pub0, _ := scrapeHist(lis.metricsURL(), publishMetric)
 		ins := in.run(ctx, rate, spec.dur)
 		row.ins = ins
 		row.insExec, row.insLag = distOf(ins.exec), distOf(ins.lag)
@@ -144,8 +151,10 @@ func (s *stack) runLoad(ctx context.Context, spec loadSpec, emit func(loadRow)) 
 		row.window = last.Sub(before.at)
 		row.cpu = diff(before, after)
 		row.benchCPU = procUsage(selfPID).cpu - benchBefore.cpu
-		hist1, _ := scrapeHandoff(a.base)
+		hist1, _ := scrapeHist(a.base, handoffMetric)
 		row.handoff = [2]bucketQuantile{hist1.quantile(hist0, 0.5), hist1.quantile(hist0, 0.99)}
+		pub1, _ := scrapeHist(lis.metricsURL(), publishMetric)
+		row.publish = [2]bucketQuantile{pub1.quantile(pub0, 0.5), pub1.quantile(pub0, 0.99)}
 		row.load = loadavg()
 		if ctx.Err() != nil {
 			row.note = joinNote(row.note, "interrupted: the figures are partial")

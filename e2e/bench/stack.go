@@ -132,6 +132,7 @@ func init() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/debug/memstats", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Has("gc") {
 			runtime.GC()
@@ -200,7 +201,8 @@ func orDot(s string) string {
 // (pprof and Go memory figures, served by the build overlay).
 type proc struct {
 	*process.Process
-	debug string
+	debug   string
+	metrics string // base URL serving /metrics, when known
 }
 
 func (s *stack) startProc(name, bin string, env []string, args ...string) (*proc, error) {
@@ -217,6 +219,15 @@ func (s *stack) startProc(name, bin string, env []string, args ...string) (*proc
 }
 
 func (p *proc) pid() int { return p.PID() }
+
+// metricsURL is the base URL of p's /metrics, or "" (also for a nil p: a
+// listener the bench did not start).
+func (p *proc) metricsURL() string {
+	if p == nil {
+		return ""
+	}
+	return p.metrics
+}
 
 // stop sends SIGTERM and waits (SIGKILL after 15 s).
 func (p *proc) stop() { _ = p.Stop(syscall.SIGTERM) }
@@ -317,10 +328,15 @@ func saveProfile(ctx context.Context, p *proc, path, file string) error {
 
 // startListener starts a listener and waits until it leads.
 func (s *stack) startListener(ctx context.Context) (*proc, error) {
-	p, err := s.startProc("listener", s.bins.listener, s.env("HEALTH_ADDR=127.0.0.1:0"))
+	health, err := process.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
+	p, err := s.startProc("listener", s.bins.listener, s.env("HEALTH_ADDR="+health))
+	if err != nil {
+		return nil, err
+	}
+	p.metrics = "http://" + health
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := p.waitLog(ctx, "leading"); err != nil {
@@ -500,16 +516,26 @@ func raiseFileLimit(want uint64) uint64 {
 	return lim.Cur
 }
 
-// handoffHist is the app's rowcast_event_latency_seconds histogram (capture
-// to hand-off to local client sockets), cumulative counts by upper bound.
-type handoffHist struct {
+// Latency histograms the bench reads: the app's capture → hand-off to local
+// client sockets, and the listener's capture → Redis accepted.
+const (
+	handoffMetric = "rowcast_event_latency_seconds"
+	publishMetric = "rowcast_listener_publish_latency_seconds"
+)
+
+// latencyHist is a latency histogram scraped from /metrics: cumulative
+// counts by upper bound.
+type latencyHist struct {
 	bounds []float64
 	counts []float64
 }
 
-// scrapeHandoff reads the histogram from the app's /metrics; ok is false
-// when the app does not expose it.
-func scrapeHandoff(base string) (h handoffHist, ok bool) {
+// scrapeHist reads histogram name from base's /metrics; ok is false when
+// the process does not expose it.
+func scrapeHist(base, name string) (h latencyHist, ok bool) {
+	if base == "" {
+		return h, false
+	}
 	c := http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get(base + "/metrics")
 	if err != nil {
@@ -523,7 +549,7 @@ func scrapeHandoff(base string) (h handoffHist, ok bool) {
 	if err != nil {
 		return h, false
 	}
-	const prefix = `rowcast_event_latency_seconds_bucket{le="`
+	prefix := name + `_bucket{le="`
 	for line := range strings.SplitSeq(string(b), "\n") {
 		rest, found := strings.CutPrefix(line, prefix)
 		if !found {
@@ -547,7 +573,7 @@ func scrapeHandoff(base string) (h handoffHist, ok bool) {
 	return h, len(h.bounds) > 0
 }
 
-// bucketQuantile is a quantile of the hand-off histogram, interpolated
+// bucketQuantile is a quantile of a latency histogram, interpolated
 // linearly within the bucket that holds it (as Prometheus's
 // histogram_quantile does): the histogram does not know where in the
 // bucket the events fell, so the figure is an estimate within the bucket's
@@ -560,7 +586,7 @@ type bucketQuantile struct {
 
 // quantile returns the q-quantile of the events counted between h0 and h.
 // The first bucket's lower bound is 0.
-func (h handoffHist) quantile(h0 handoffHist, q float64) bucketQuantile {
+func (h latencyHist) quantile(h0 latencyHist, q float64) bucketQuantile {
 	if len(h.counts) == 0 || len(h0.counts) != len(h.counts) {
 		return bucketQuantile{}
 	}
