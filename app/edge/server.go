@@ -1,6 +1,8 @@
 // Package edge is rowcast's edge server: an Echo app that serves WebSocket
 // (melody) and Server-Sent Events clients from one realtime.Hub fed by Redis,
-// plus health endpoints and the demo page. It is stateless: run any number.
+// plus health endpoints, metrics and the browser client /rowcast.js. It is
+// stateless: run any number. Pages of an application (such as the demo) are
+// added with Server.Mount.
 //
 // Inside, admission (draining, rooms, token, limits, origin) is an admitter
 // that both transports use; wsEndpoint and sseEndpoint serve /ws and /events;
@@ -9,6 +11,7 @@ package edge
 
 import (
 	"context"
+	"embed"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,7 +19,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -28,14 +30,18 @@ import (
 	"github.com/rowcast/rowcast/realtime/redisbus"
 )
 
-// Server is one edge process. Create it with New, start it with Run.
+//go:embed static
+var static embed.FS
+
+// Server is one edge process. Create it with New, add pages with Mount,
+// start it with Run. Mount must not be called concurrently with Run.
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	ln      net.Listener
 	echo    *echo.Echo
+	pages   *echo.Group // routes with request ids and request logs
 	rdb     redis.UniversalClient
-	db      *pgxpool.Pool // nil unless the demo form is on
 	bus     *redisbus.Bus
 	hub     *realtime.Hub
 	metrics *metrics
@@ -58,23 +64,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	rcfg.AddrMap = cfg.RedisAddrMap
-	rdb := rcfg.Client()
-	var db *pgxpool.Pool
-	if cfg.DatabaseURL != "" {
-		if db, err = connect.PostgresPool(ctx, "DATABASE_URL", cfg.DatabaseURL); err != nil {
-			rdb.Close()
-			return nil, err
-		}
-	}
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
-		rdb.Close()
-		if db != nil {
-			db.Close()
-		}
 		return nil, fmt.Errorf("LISTEN_ADDR %q: %w", cfg.ListenAddr, err)
 	}
-	s := &Server{cfg: cfg, log: log, ln: ln, rdb: rdb, db: db}
+	s := &Server{cfg: cfg, log: log, ln: ln, rdb: rcfg.Client()}
 	s.bus = redisbus.New(s.rdb, redisbus.Options{Logger: log, ProbeInterval: cfg.ProbeEvery, HistoryTTL: cfg.HistoryTTL,
 		OnReconnect: func() { s.metrics.reconnects.Inc() }})
 	s.hub = realtime.NewHub(s.bus, log)
@@ -101,9 +95,15 @@ func (s *Server) routes() {
 	// its stack stays shallow (memory per idle connection).
 	e.GET("/ws", s.ws.handle)
 	e.GET("/events", s.sse.handle)
-	s.demoRoutes(e.Group("", middleware.RequestID(), s.requestLog()))
+	s.pages = e.Group("", middleware.RequestID(), s.requestLog())
+	s.pages.FileFS("/rowcast.js", "static/rowcast.js", static)
 	s.echo = e
 }
+
+// Mount calls routes with the group that serves /rowcast.js, so an
+// application's pages and APIs get the same request ids and request logs.
+// Call it before Run.
+func (s *Server) Mount(routes func(*echo.Group)) { routes(s.pages) }
 
 func (s *Server) handleReady(c echo.Context) error {
 	switch {
@@ -133,9 +133,6 @@ func (s *Server) requestLog() echo.MiddlewareFunc {
 // over the drain window, and returns.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.rdb.Close()
-	if s.db != nil {
-		defer s.db.Close()
-	}
 	busCtx, stopBus := context.WithCancel(context.WithoutCancel(ctx))
 	busDone := make(chan struct{})
 	go func() {
