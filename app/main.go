@@ -36,6 +36,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	defer s.Close()
 	d, err := demo.New(ctx, demoCfg, log)
 	if err != nil {
 		return err

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -34,7 +35,8 @@ import (
 var static embed.FS
 
 // Server is one edge process. Create it with New, add pages with Mount,
-// start it with Run. Mount must not be called concurrently with Run.
+// start it with Run; Close releases what New opened. Mount must not be
+// called concurrently with Run; Addr and Close may be called any time.
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
@@ -49,11 +51,14 @@ type Server struct {
 	admit   *admitter
 	ws      *wsEndpoint
 	sse     *sseEndpoint
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // New builds the server and binds its listen address; it does not connect
 // to Redis yet (Run does, and keeps retrying). ctx bounds background work
-// such as JWKS refreshes.
+// such as JWKS refreshes. The caller must call Close.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	authz, err := auth.New(ctx, cfg.Auth)
 	if err != nil {
@@ -130,9 +135,9 @@ func (s *Server) requestLog() echo.MiddlewareFunc {
 
 // Run serves until ctx ends, then drains: it fails /readyz, stops
 // accepting, tells every client to reconnect elsewhere, closes them spread
-// over the drain window, and returns.
-func (s *Server) Run(ctx context.Context) error {
-	defer s.rdb.Close()
+// over the drain window, and returns. It calls Close before it returns.
+func (s *Server) Run(ctx context.Context) (err error) {
+	defer func() { err = errors.Join(err, s.Close()) }()
 	busCtx, stopBus := context.WithCancel(context.WithoutCancel(ctx))
 	busDone := make(chan struct{})
 	go func() {
@@ -186,4 +191,20 @@ func (s *Server) drain(srv *http.Server) {
 	<-shutdownDone
 	s.ws.close()
 	s.log.Info("drained", "clients", len(clients))
+}
+
+// Close releases what New opened: the listening socket, the Redis client
+// and melody (closing any WebSocket session left). Run calls it; calling it
+// again, or without Run, is safe and returns the first call's result.
+// Closing while Run serves (rather than ending Run's ctx) skips the drain.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.ws.close()
+		err := s.ln.Close()
+		if errors.Is(err, net.ErrClosed) { // Run's http.Server closed it
+			err = nil
+		}
+		s.closeErr = errors.Join(err, s.rdb.Close())
+	})
+	return s.closeErr
 }
