@@ -60,14 +60,18 @@ func newAdmitter(cfg Config, authz *auth.Authorizer, refused *prometheus.Counter
 }
 
 // admit checks a WebSocket or SSE request before it is upgraded or streamed:
-// draining, rooms, cursor, token and the per-IP connection limit. On success
-// the caller must call a.release(ip) when the connection ends.
-func (a *admitter) admit(c echo.Context) (admission, *refusal) {
+// draining, rooms (at least one with needRooms), cursor, token and the
+// per-IP connection limit. On success the caller must call a.release(ip)
+// when the connection ends.
+func (a *admitter) admit(c echo.Context, needRooms bool) (admission, *refusal) {
 	req := c.Request()
 	if a.draining.Load() {
 		return admission{}, &refusal{http.StatusServiceUnavailable, "draining", "server is draining: reconnect elsewhere"}
 	}
 	rooms, err := parseRooms(c.QueryParam("rooms"), a.maxRooms)
+	if err == nil && needRooms && len(rooms) == 0 {
+		err = errNoRooms
+	}
 	if err != nil {
 		return admission{}, a.refuse(http.StatusBadRequest, errorCode(err), err.Error())
 	}

@@ -3,6 +3,7 @@ package edge
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/rowcast/rowcast/realtime"
 )
 
 // newTestServer builds a server on a free port whose Redis is unreachable:
@@ -42,6 +45,27 @@ func get(s *Server, target string) *httptest.ResponseRecorder {
 	rec := httptest.NewRecorder()
 	s.echo.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, target, nil))
 	return rec
+}
+
+func TestEventsWithoutRooms(t *testing.T) {
+	s := newTestServer(t)
+	for _, target := range []string{"/events", "/events?rooms=", "/events?rooms=&lastEventId="} {
+		rec := get(s, target)
+		var body realtime.Control
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+			t.Fatalf("%s: body %q: %v", target, rec.Body, err)
+		}
+		if rec.Code != http.StatusBadRequest || body.Type != realtime.TypeError || body.Code != "bad_request" || body.Message == "" {
+			t.Errorf("%s: %d %+v, want 400 error bad_request", target, rec.Code, body)
+		}
+	}
+	if m := get(s, "/metrics").Body.String(); !strings.Contains(m, `rowcast_refused_total{reason="bad_request"} 3`) {
+		t.Errorf("refusals not counted:\n%s", m)
+	}
+	// A bad room keeps its own message, with the same code.
+	if rec := get(s, "/events?rooms=a,,b"); rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "bad room name") {
+		t.Errorf("bad room: %d %s", rec.Code, rec.Body)
+	}
 }
 
 func TestStreamsOverHTTP(t *testing.T) {

@@ -85,12 +85,12 @@ func newSSEEndpoint(cfg Config, admit *admitter, clients *registry, m *metrics) 
 		delivered: m.delivered.WithLabelValues("sse"), slow: m.slow.WithLabelValues("sse")}
 }
 
-// handle serves GET /events?rooms=a,b. The stream resumes from the
-// Last-Event-ID header (the browser sends it on reconnect) or the
-// lastEventId query parameter.
+// handle serves GET /events?rooms=a,b (at least one room: a stream's rooms
+// are fixed when it opens). The stream resumes from the Last-Event-ID header
+// (the browser sends it on reconnect) or the lastEventId query parameter.
 func (e *sseEndpoint) handle(c echo.Context) error {
 	req := c.Request()
-	a, ref := e.admit.admit(c)
+	a, ref := e.admit.admit(c, true)
 	if ref != nil {
 		return refuse(c, ref)
 	}

@@ -188,11 +188,12 @@ func newWSEndpoint(cfg Config, admit *admitter, clients *registry, m *metrics, l
 	return e
 }
 
-// handle upgrades GET /ws?rooms=a,b&lastEventId=<cursor>&token=<jwt>.
-// Requests that cannot connect are refused before the upgrade with an HTTP
-// status and a JSON error.
+// handle upgrades GET /ws?rooms=a,b&lastEventId=<cursor>&token=<jwt>; rooms
+// may be empty (the client subscribes by message). Requests that cannot
+// connect are refused before the upgrade with an HTTP status and a JSON
+// error.
 func (e *wsEndpoint) handle(c echo.Context) error {
-	a, ref := e.admit.admit(c)
+	a, ref := e.admit.admit(c, false)
 	if ref != nil {
 		return refuse(c, ref)
 	}
