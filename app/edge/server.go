@@ -50,10 +50,7 @@ type Server struct {
 	clients *registry
 	admit   *admitter
 	ws      *wsEndpoint
-	sse     *sseEndpoint
-
-	closeOnce sync.Once
-	closeErr  error
+	close   func() error // Close, once
 }
 
 // New builds the server and binds its listen address; it does not connect
@@ -81,15 +78,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.clients = newRegistry(cfg, s.hub, s.metrics.connections)
 	s.admit = newAdmitter(cfg, authz, s.metrics.refused)
 	s.ws = newWSEndpoint(cfg, s.admit, s.clients, s.metrics, log)
-	s.sse = newSSEEndpoint(cfg, s.admit, s.clients, s.metrics)
-	s.routes()
+	s.close = sync.OnceValue(s.release)
+	s.routes(newSSEEndpoint(cfg, s.admit, s.clients, s.metrics))
 	return s, nil
 }
 
 // Addr returns the bound address (useful with LISTEN_ADDR=127.0.0.1:0).
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-func (s *Server) routes() {
+func (s *Server) routes(sse *sseEndpoint) {
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
@@ -99,7 +96,7 @@ func (s *Server) routes() {
 	// Streams run for hours in their handler's goroutine: no middleware, so
 	// its stack stays shallow (memory per idle connection).
 	e.GET("/ws", s.ws.handle)
-	e.GET("/events", s.sse.handle)
+	e.GET("/events", sse.handle)
 	s.pages = e.Group("", middleware.RequestID(), s.requestLog())
 	s.pages.FileFS("/rowcast.js", "static/rowcast.js", static)
 	s.echo = e
@@ -197,14 +194,13 @@ func (s *Server) drain(srv *http.Server) {
 // and melody (closing any WebSocket session left). Run calls it; calling it
 // again, or without Run, is safe and returns the first call's result.
 // Closing while Run serves (rather than ending Run's ctx) skips the drain.
-func (s *Server) Close() error {
-	s.closeOnce.Do(func() {
-		s.ws.close()
-		err := s.ln.Close()
-		if errors.Is(err, net.ErrClosed) { // Run's http.Server closed it
-			err = nil
-		}
-		s.closeErr = errors.Join(err, s.rdb.Close())
-	})
-	return s.closeErr
+func (s *Server) Close() error { return s.close() }
+
+func (s *Server) release() error {
+	s.ws.close()
+	err := s.ln.Close()
+	if errors.Is(err, net.ErrClosed) { // Run's http.Server closed it
+		err = nil
+	}
+	return errors.Join(err, s.rdb.Close())
 }
