@@ -4,12 +4,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/rowcast/rowcast/app/demo"
 	"github.com/rowcast/rowcast/app/edge"
 	"github.com/rowcast/rowcast/internal/logging"
 )
@@ -26,12 +28,20 @@ func main() {
 
 func run(ctx context.Context, log *slog.Logger) error {
 	cfg, err := edge.ConfigFromEnv(os.LookupEnv)
-	if err != nil {
+	demoCfg, demoErr := demo.ConfigFromEnv(os.LookupEnv)
+	if err := errors.Join(err, demoErr); err != nil {
 		return fmt.Errorf("configuration: %w", err)
 	}
 	s, err := edge.New(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
+	defer s.Close()
+	d, err := demo.New(ctx, demoCfg, log)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	s.Mount(d.Routes)
 	return s.Run(ctx)
 }

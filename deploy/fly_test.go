@@ -25,6 +25,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/rowcast/rowcast/app/demo"
 	"github.com/rowcast/rowcast/app/edge"
 	"github.com/rowcast/rowcast/listener/service"
 )
@@ -233,11 +234,13 @@ var (
 	}
 )
 
-// appConfig is the app's configuration on a Fly Machine of this fly.toml.
+// appConfig is the app's configuration on a Fly Machine of this fly.toml
+// (the demo's settings are checked too: the app reads both).
 func appConfig(t *testing.T, c flyConfig) edge.Config {
 	t.Helper()
 	cfg, err := edge.ConfigFromEnv(lookup(c.Env, appSecrets))
-	if err != nil {
+	_, demoErr := demo.ConfigFromEnv(lookup(c.Env, appSecrets))
+	if err := errors.Join(err, demoErr); err != nil {
 		t.Fatalf("fly.toml [env] is refused by the app: %v", err)
 	}
 	return cfg

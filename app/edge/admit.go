@@ -8,9 +8,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
+	"sync/atomic"
 
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rowcast/rowcast/app/auth"
 	"github.com/rowcast/rowcast/realtime"
@@ -33,18 +34,46 @@ type refusal struct {
 
 func (r *refusal) Error() string { return r.msg }
 
+// refuse writes r as the JSON error body both transports answer with.
+func refuse(c echo.Context, r *refusal) error {
+	return c.JSON(r.status, realtime.Control{Type: realtime.TypeError, Code: r.code, Message: r.msg})
+}
+
+// admitter decides which connection requests may connect, for both
+// transports: draining, rooms, cursor, token, connections per IP and origin.
+// It is safe for concurrent use.
+type admitter struct {
+	auth           *auth.Authorizer
+	maxRooms       int
+	maxConnsPerIP  int
+	clientIPHeader string
+	allowedOrigins []string
+	refused        *prometheus.CounterVec // by reason
+
+	draining atomic.Bool // set once by the drain: refuse everyone
+	conns    ipLimiter
+}
+
+func newAdmitter(cfg Config, authz *auth.Authorizer, refused *prometheus.CounterVec) *admitter {
+	return &admitter{auth: authz, maxRooms: cfg.MaxRooms, maxConnsPerIP: cfg.MaxConnsPerIP,
+		clientIPHeader: cfg.ClientIPHeader, allowedOrigins: cfg.AllowedOrigins, refused: refused}
+}
+
 // admit checks a WebSocket or SSE request before it is upgraded or streamed:
-// draining, per-IP connection limit, token, rooms and cursor. On success the
-// caller must call s.release(a.ip) when the connection ends.
-func (s *Server) admit(c echo.Context) (admission, *refusal) {
+// draining, rooms (at least one with needRooms), cursor, token and the
+// per-IP connection limit. On success the caller must call a.release(ip)
+// when the connection ends.
+func (a *admitter) admit(c echo.Context, needRooms bool) (admission, *refusal) {
 	req := c.Request()
-	if s.draining.Load() {
+	if a.draining.Load() {
 		return admission{}, &refusal{http.StatusServiceUnavailable, "draining", "server is draining: reconnect elsewhere"}
 	}
-	rooms, err := parseRooms(c.QueryParam("rooms"), s.cfg.MaxRooms)
+	rooms, err := parseRooms(c.QueryParam("rooms"), a.maxRooms)
+	if err == nil && needRooms && len(rooms) == 0 {
+		err = errNoRooms
+	}
 	if err != nil {
-		s.metrics.refused.WithLabelValues(errorCode(err)).Inc()
-		return admission{}, &refusal{http.StatusBadRequest, errorCode(err), err.Error()}
+		return admission{}, a.refuse(http.StatusBadRequest, errorCode(err), err.Error())
 	}
 	last := req.Header.Get("Last-Event-ID")
 	if last == "" {
@@ -52,40 +81,41 @@ func (s *Server) admit(c echo.Context) (admission, *refusal) {
 	}
 	cursor, err := realtime.ParseCursor(last)
 	if err != nil {
-		s.metrics.refused.WithLabelValues("bad_request").Inc()
-		return admission{}, &refusal{http.StatusBadRequest, "bad_request", err.Error()}
+		return admission{}, a.refuse(http.StatusBadRequest, "bad_request", err.Error())
 	}
-	grant, err := s.auth.Check(auth.FromRequest(c.QueryParam("token"), req.Header.Get("Authorization")))
+	grant, err := a.auth.Check(auth.FromRequest(c.QueryParam("token"), req.Header.Get("Authorization")))
 	if err != nil {
 		code := "unauthorized"
 		if errors.Is(err, auth.ErrExpired) {
 			code = "token_expired"
 		}
-		s.metrics.refused.WithLabelValues(code).Inc()
-		return admission{}, &refusal{http.StatusUnauthorized, code, err.Error()}
+		return admission{}, a.refuse(http.StatusUnauthorized, code, err.Error())
 	}
 	for _, r := range rooms {
 		if !grant.Allows(r) {
-			s.metrics.refused.WithLabelValues("forbidden").Inc()
-			return admission{}, &refusal{http.StatusForbidden, "forbidden", "room " + string(r) + " is not allowed"}
+			return admission{}, a.refuse(http.StatusForbidden, "forbidden", "room "+string(r)+" is not allowed")
 		}
 	}
-	ip := s.clientIP(req)
-	if !s.conns.acquire(ip, s.cfg.MaxConnsPerIP) {
-		s.metrics.refused.WithLabelValues("too_many_connections").Inc()
-		return admission{}, &refusal{http.StatusTooManyRequests, "too_many_connections", "too many connections from this address"}
+	ip := a.clientIP(req)
+	if !a.conns.acquire(ip, a.maxConnsPerIP) {
+		return admission{}, a.refuse(http.StatusTooManyRequests, "too_many_connections", "too many connections from this address")
 	}
 	return admission{rooms: rooms, cursor: cursor, grant: grant, ip: ip}, nil
 }
 
-func (s *Server) refuse(c echo.Context, r *refusal) error {
-	return c.JSON(r.status, realtime.Control{Type: realtime.TypeError, Code: r.code, Message: r.msg})
+// refuse counts a refusal by its code and returns it.
+func (a *admitter) refuse(status int, code, msg string) *refusal {
+	a.refused.WithLabelValues(code).Inc()
+	return &refusal{status, code, msg}
 }
 
+// release ends a connection that admit let in.
+func (a *admitter) release(ip string) { a.conns.release(ip) }
+
 // clientIP is the peer address, or the configured proxy header's value.
-func (s *Server) clientIP(r *http.Request) string {
-	if s.cfg.ClientIPHeader != "" {
-		if v := strings.TrimSpace(r.Header.Get(s.cfg.ClientIPHeader)); v != "" {
+func (a *admitter) clientIP(r *http.Request) string {
+	if a.clientIPHeader != "" {
+		if v := strings.TrimSpace(r.Header.Get(a.clientIPHeader)); v != "" {
 			return v
 		}
 	}
@@ -99,25 +129,16 @@ func (s *Server) clientIP(r *http.Request) string {
 // originAllowed implements the WebSocket Origin check (cross-site WebSocket
 // hijacking) and decides which origins get CORS headers on SSE. Requests
 // without an Origin (non-browser clients) pass; the token still applies.
-func (s *Server) originAllowed(r *http.Request) bool {
+func (a *admitter) originAllowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return true
 	}
-	if slices.Contains(s.cfg.AllowedOrigins, "*") || slices.Contains(s.cfg.AllowedOrigins, origin) {
+	if slices.Contains(a.allowedOrigins, "*") || slices.Contains(a.allowedOrigins, origin) {
 		return true
 	}
 	u, err := url.Parse(origin)
-	return err == nil && len(s.cfg.AllowedOrigins) == 0 && strings.EqualFold(u.Host, r.Host)
-}
-
-// watchExpiry closes c when its token expires; the returned stop cancels.
-func watchExpiry(g auth.Grant, c *realtime.Client) (stop func()) {
-	if g.Expires.IsZero() {
-		return func() {}
-	}
-	t := time.AfterFunc(time.Until(g.Expires), func() { c.Close(realtime.CloseExpired) })
-	return func() { t.Stop() }
+	return err == nil && len(a.allowedOrigins) == 0 && strings.EqualFold(u.Host, r.Host)
 }
 
 // ipLimiter counts open connections per client IP.

@@ -14,8 +14,6 @@ type Config struct {
 	ListenAddr   string
 	RedisURL     string
 	RedisAddrMap map[string]string // REDIS_ADDRESS_MAP: Redis-announced address -> address to dial
-	DatabaseURL  string            // with Demo: where the demo form inserts chat messages
-	Demo         bool              // enable POST /api/messages (the demo page's form)
 	MaxRooms     int               // rooms per connection
 	QueueSize    int               // frames queued per connection before it is cut off as slow
 	MaxFrame     int               // largest inbound WebSocket frame, bytes
@@ -38,7 +36,6 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	c := Config{
 		ListenAddr:   r.String("LISTEN_ADDR", ":8080"),
 		RedisURL:     connect.RedisURLFromEnv(r),
-		Demo:         r.Bool("ROWCAST_DEMO", false),
 		MaxRooms:     r.Int("ROWCAST_MAX_ROOMS", 100, 1, 10000),
 		QueueSize:    r.Int("ROWCAST_QUEUE_SIZE", 256, 8, 65536),
 		MaxFrame:     r.Int("ROWCAST_MAX_FRAME_BYTES", 4096, 256, 1<<20),
@@ -64,9 +61,6 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	c.ClientIPHeader = r.String("ROWCAST_CLIENT_IP_HEADER", "")
 	c.MaxConnsPerIP = r.Int("ROWCAST_MAX_CONNS_PER_IP", 256, 1, 1_000_000)
 	c.MsgRate = float64(r.Int("ROWCAST_MAX_MESSAGES_PER_SECOND", 20, 1, 100_000))
-	if c.Demo {
-		c.DatabaseURL = r.URL("DATABASE_URL", "", "postgres", "postgresql")
-	}
 	return c, r.Err()
 }
 

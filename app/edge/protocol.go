@@ -19,6 +19,10 @@ type Inbound struct {
 // errBadFrame wraps every reason an inbound frame is refused.
 var errBadFrame = errors.New("bad frame")
 
+// errNoRooms refuses an SSE request without rooms: a stream's rooms are
+// fixed when it opens, so it could never receive anything.
+var errNoRooms = errors.New("rooms: name at least one room (?rooms=a,b)")
+
 // ParseInbound parses and validates one inbound frame.
 func ParseInbound(b []byte) (Inbound, error) {
 	var raw struct {
@@ -80,7 +84,8 @@ func parseRooms(s string, max int) ([]realtime.Room, error) {
 // errorCode maps a join error to the control message's code.
 func errorCode(err error) string {
 	switch {
-	case errors.Is(err, realtime.ErrBadRoom), errors.Is(err, errBadFrame), errors.Is(err, realtime.ErrBadID):
+	case errors.Is(err, realtime.ErrBadRoom), errors.Is(err, errBadFrame), errors.Is(err, realtime.ErrBadID),
+		errors.Is(err, errNoRooms):
 		return "bad_request"
 	case errors.Is(err, realtime.ErrTooManyRooms):
 		return "too_many_rooms"

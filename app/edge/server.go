@@ -1,23 +1,27 @@
 // Package edge is rowcast's edge server: an Echo app that serves WebSocket
 // (melody) and Server-Sent Events clients from one realtime.Hub fed by Redis,
-// plus health endpoints and the demo page. It is stateless: run any number.
+// plus health endpoints, metrics and the browser client /rowcast.js. It is
+// stateless: run any number. Pages of an application (such as the demo) are
+// added with Server.Mount.
+//
+// Inside, admission (draining, rooms, token, limits, origin) is an admitter
+// that both transports use; wsEndpoint and sseEndpoint serve /ws and /events;
+// a registry makes and tracks their hub clients for the drain.
 package edge
 
 import (
 	"context"
+	"embed"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
-	"github.com/olahol/melody"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
@@ -27,29 +31,31 @@ import (
 	"github.com/rowcast/rowcast/realtime/redisbus"
 )
 
-// Server is one edge process. Create it with New, start it with Run.
+//go:embed static
+var static embed.FS
+
+// Server is one edge process. Create it with New, add pages with Mount,
+// start it with Run; Close releases what New opened. Mount must not be
+// called concurrently with Run; Addr and Close may be called any time.
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	ln      net.Listener
 	echo    *echo.Echo
-	melody  *melody.Melody
+	pages   *echo.Group // routes with request ids and request logs
 	rdb     redis.UniversalClient
 	bus     *redisbus.Bus
 	hub     *realtime.Hub
-	db      *pgxpool.Pool // nil unless the demo form is on
-	auth    *auth.Authorizer
 	metrics *metrics
-	conns   ipLimiter
-
-	draining atomic.Bool
-	mu       sync.Mutex
-	clients  map[*realtime.Client]string // value: transport name
+	clients *registry
+	admit   *admitter
+	ws      *wsEndpoint
+	close   func() error // Close, once
 }
 
 // New builds the server and binds its listen address; it does not connect
 // to Redis yet (Run does, and keeps retrying). ctx bounds background work
-// such as JWKS refreshes.
+// such as JWKS refreshes. The caller must call Close.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	authz, err := auth.New(ctx, cfg.Auth)
 	if err != nil {
@@ -60,36 +66,27 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	rcfg.AddrMap = cfg.RedisAddrMap
-	rdb := rcfg.Client()
-	var db *pgxpool.Pool
-	if cfg.DatabaseURL != "" {
-		if db, err = connect.PostgresPool(ctx, "DATABASE_URL", cfg.DatabaseURL); err != nil {
-			rdb.Close()
-			return nil, err
-		}
-	}
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
-		rdb.Close()
-		if db != nil {
-			db.Close()
-		}
 		return nil, fmt.Errorf("LISTEN_ADDR %q: %w", cfg.ListenAddr, err)
 	}
-	s := &Server{cfg: cfg, log: log, ln: ln, rdb: rdb, db: db, auth: authz, clients: map[*realtime.Client]string{}}
-	s.bus = redisbus.New(rdb, redisbus.Options{Logger: log, ProbeInterval: cfg.ProbeEvery, HistoryTTL: cfg.HistoryTTL,
+	s := &Server{cfg: cfg, log: log, ln: ln, rdb: rcfg.Client()}
+	s.bus = redisbus.New(s.rdb, redisbus.Options{Logger: log, ProbeInterval: cfg.ProbeEvery, HistoryTTL: cfg.HistoryTTL,
 		OnReconnect: func() { s.metrics.reconnects.Inc() }})
 	s.hub = realtime.NewHub(s.bus, log)
 	s.metrics = newMetrics(s.hub)
-	s.setupWebSocket()
-	s.echo = s.routes()
+	s.clients = newRegistry(cfg, s.hub, s.metrics.connections)
+	s.admit = newAdmitter(cfg, authz, s.metrics.refused)
+	s.ws = newWSEndpoint(cfg, s.admit, s.clients, s.metrics, log)
+	s.close = sync.OnceValue(s.release)
+	s.routes(newSSEEndpoint(cfg, s.admit, s.clients, s.metrics))
 	return s, nil
 }
 
 // Addr returns the bound address (useful with LISTEN_ADDR=127.0.0.1:0).
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-func (s *Server) routes() *echo.Echo {
+func (s *Server) routes(sse *sseEndpoint) {
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
@@ -98,54 +95,26 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})))
 	// Streams run for hours in their handler's goroutine: no middleware, so
 	// its stack stays shallow (memory per idle connection).
-	e.GET("/ws", s.handleWS)
-	e.GET("/events", s.handleSSE)
-	s.demoRoutes(e.Group("", middleware.RequestID(), s.requestLog()))
-	return e
+	e.GET("/ws", s.ws.handle)
+	e.GET("/events", sse.handle)
+	s.pages = e.Group("", middleware.RequestID(), s.requestLog())
+	s.pages.FileFS("/rowcast.js", "static/rowcast.js", static)
+	s.echo = e
 }
+
+// Mount calls routes with the group that serves /rowcast.js, so an
+// application's pages and APIs get the same request ids and request logs.
+// Call it before Run.
+func (s *Server) Mount(routes func(*echo.Group)) { routes(s.pages) }
 
 func (s *Server) handleReady(c echo.Context) error {
 	switch {
-	case s.draining.Load():
+	case s.admit.draining.Load():
 		return c.String(http.StatusServiceUnavailable, "draining\n")
 	case !s.bus.Connected():
 		return c.String(http.StatusServiceUnavailable, "redis subscription down\n")
 	}
 	return c.String(http.StatusOK, "ok\n")
-}
-
-// handleWS upgrades GET /ws?rooms=a,b&lastEventId=<cursor>&token=<jwt>.
-// Requests that cannot connect are refused before the upgrade with an HTTP
-// status and a JSON error.
-func (s *Server) handleWS(c echo.Context) error {
-	a, ref := s.admit(c)
-	if ref != nil {
-		return s.refuse(c, ref)
-	}
-	defer s.conns.release(a.ip)
-	if !s.originAllowed(c.Request()) {
-		s.metrics.refused.WithLabelValues("origin").Inc()
-		return s.refuse(c, &refusal{http.StatusForbidden, "origin", "origin not allowed"})
-	}
-	keys := map[string]any{admissionKey: a}
-	// HandleRequestWithKeys returns when the connection ends.
-	if err := s.melody.HandleRequestWithKeys(c.Response(), c.Request(), keys); err != nil {
-		s.log.Debug("websocket upgrade", "err", err)
-	}
-	return nil
-}
-
-// track registers a client for the drain and the connection gauge.
-func (s *Server) track(c *realtime.Client, transport string, add bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if add {
-		s.clients[c] = transport
-		s.metrics.connections.WithLabelValues(transport).Inc()
-	} else if _, ok := s.clients[c]; ok {
-		delete(s.clients, c)
-		s.metrics.connections.WithLabelValues(transport).Dec()
-	}
 }
 
 // requestLog logs each request with its id once it ends; streams log when
@@ -163,12 +132,9 @@ func (s *Server) requestLog() echo.MiddlewareFunc {
 
 // Run serves until ctx ends, then drains: it fails /readyz, stops
 // accepting, tells every client to reconnect elsewhere, closes them spread
-// over the drain window, and returns.
-func (s *Server) Run(ctx context.Context) error {
-	defer s.rdb.Close()
-	if s.db != nil {
-		defer s.db.Close()
-	}
+// over the drain window, and returns. It calls Close before it returns.
+func (s *Server) Run(ctx context.Context) (err error) {
+	defer func() { err = errors.Join(err, s.Close()) }()
 	busCtx, stopBus := context.WithCancel(context.WithoutCancel(ctx))
 	busDone := make(chan struct{})
 	go func() {
@@ -193,7 +159,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 // drain implements the graceful part of Run.
 func (s *Server) drain(srv *http.Server) {
-	s.draining.Store(true)
+	s.admit.draining.Store(true)
 	s.log.Info("draining", "timeout", s.cfg.DrainTimeout)
 	shutdownDone := make(chan struct{})
 	go func() {
@@ -205,12 +171,7 @@ func (s *Server) drain(srv *http.Server) {
 		}
 	}()
 
-	s.mu.Lock()
-	clients := make([]*realtime.Client, 0, len(s.clients))
-	for c := range s.clients {
-		clients = append(clients, c)
-	}
-	s.mu.Unlock()
+	clients := s.clients.all()
 	// Spread the closes over the window so clients do not all reconnect to
 	// the other edges in the same instant.
 	step := time.Duration(0)
@@ -225,6 +186,21 @@ func (s *Server) drain(srv *http.Server) {
 		}
 	}
 	<-shutdownDone
-	_ = s.melody.Close()
+	s.ws.close()
 	s.log.Info("drained", "clients", len(clients))
+}
+
+// Close releases what New opened: the listening socket, the Redis client
+// and melody (closing any WebSocket session left). Run calls it; calling it
+// again, or without Run, is safe and returns the first call's result.
+// Closing while Run serves (rather than ending Run's ctx) skips the drain.
+func (s *Server) Close() error { return s.close() }
+
+func (s *Server) release() error {
+	s.ws.close()
+	err := s.ln.Close()
+	if errors.Is(err, net.ErrClosed) { // Run's http.Server closed it
+		err = nil
+	}
+	return errors.Join(err, s.rdb.Close())
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rowcast/rowcast/realtime"
 )
@@ -68,20 +69,36 @@ func (t *sseTransport) Close(reason realtime.CloseReason) {
 // this long is cut off instead of holding the goroutine.
 const writeTimeout = 10 * time.Second
 
-// handleSSE serves GET /events?rooms=a,b. The stream resumes from the
-// Last-Event-ID header (the browser sends it on reconnect) or the
-// lastEventId query parameter.
-func (s *Server) handleSSE(c echo.Context) error {
+// sseEndpoint serves GET /events: it admits the request and streams its
+// rooms' events from the request's goroutine. It is safe for concurrent use.
+type sseEndpoint struct {
+	admit     *admitter
+	clients   *registry
+	queueSize int
+	heartbeat time.Duration
+	delivered prometheus.Counter
+	slow      prometheus.Counter
+}
+
+func newSSEEndpoint(cfg Config, admit *admitter, clients *registry, m *metrics) *sseEndpoint {
+	return &sseEndpoint{admit: admit, clients: clients, queueSize: cfg.QueueSize, heartbeat: cfg.Heartbeat,
+		delivered: m.delivered.WithLabelValues("sse"), slow: m.slow.WithLabelValues("sse")}
+}
+
+// handle serves GET /events?rooms=a,b (at least one room: a stream's rooms
+// are fixed when it opens). The stream resumes from the Last-Event-ID header
+// (the browser sends it on reconnect) or the lastEventId query parameter.
+func (e *sseEndpoint) handle(c echo.Context) error {
 	req := c.Request()
-	a, ref := s.admit(c)
+	a, ref := e.admit.admit(c, true)
 	if ref != nil {
-		return s.refuse(c, ref)
+		return refuse(c, ref)
 	}
-	defer s.conns.release(a.ip)
+	defer e.admit.release(a.ip)
 
 	w := c.Response()
 	h := w.Header()
-	if origin := req.Header.Get("Origin"); origin != "" && s.originAllowed(req) {
+	if origin := req.Header.Get("Origin"); origin != "" && e.admit.originAllowed(req) {
 		h.Set("Access-Control-Allow-Origin", origin)
 		h.Add("Vary", "Origin")
 	}
@@ -94,19 +111,12 @@ func (s *Server) handleSSE(c echo.Context) error {
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 
-	t := newSSETransport(s.cfg.QueueSize)
-	client := s.hub.NewClient(t, s.cfg.MaxRooms)
-	s.track(client, "sse", true)
-	stopExpiry := watchExpiry(a.grant, client)
-	defer func() {
-		stopExpiry()
-		s.track(client, "sse", false)
-		client.Close(realtime.CloseNormal)
-	}()
+	t := newSSETransport(e.queueSize)
+	client, expiry := e.clients.start(t, "sse", a.grant)
+	defer e.clients.end(client, expiry)
 	rooms, cursor := a.rooms, a.cursor
 	// The id: line covers this stream's rooms, in a fixed (sorted) order.
 	idRooms := slices.Sorted(slices.Values(rooms))
-	delivered := s.metrics.delivered.WithLabelValues("sse")
 
 	var buf bytes.Buffer
 	buf.WriteString("retry: 1000\n\n")
@@ -125,10 +135,10 @@ func (s *Server) handleSSE(c echo.Context) error {
 	}
 	// Joining runs beside the write loop, so replayed history streams out
 	// while later rooms are still joining.
-	go s.joinAll(req.Context(), client, rooms, cursor)
+	go e.clients.joinAll(req.Context(), client, rooms, cursor)
 
 	var spare []realtime.Frame
-	heartbeat := time.NewTicker(s.cfg.Heartbeat)
+	heartbeat := time.NewTicker(e.heartbeat)
 	defer heartbeat.Stop()
 	for {
 		select {
@@ -136,7 +146,7 @@ func (s *Server) handleSSE(c echo.Context) error {
 			frames := t.take(spare)
 			for i, f := range frames {
 				if !f.Control {
-					delivered.Inc()
+					e.delivered.Inc()
 				}
 				appendSSE(&buf, cursor, idRooms, f)
 				frames[i] = realtime.Frame{} // drop references to event bytes
@@ -152,7 +162,7 @@ func (s *Server) handleSSE(c echo.Context) error {
 			}
 		case <-t.done:
 			if t.reason == realtime.CloseSlow {
-				s.metrics.slow.WithLabelValues("sse").Inc()
+				e.slow.Inc()
 			}
 			ctl := realtime.Control{Type: realtime.TypeClosing, Code: t.reason.String()}
 			if t.reason == realtime.CloseDraining {

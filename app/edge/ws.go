@@ -2,10 +2,12 @@ package edge
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/labstack/echo/v4"
 	"github.com/olahol/melody"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
@@ -125,63 +127,97 @@ const (
 
 // wsConn is what the edge keeps per WebSocket session.
 type wsConn struct {
-	client     *realtime.Client
-	t          *wsTransport
-	grant      auth.Grant
-	limiter    *rate.Limiter
-	stopExpiry func()
+	client  *realtime.Client
+	t       *wsTransport
+	grant   auth.Grant
+	limiter *rate.Limiter
+	expiry  *time.Timer // nil: the grant does not expire
 }
 
-// setupWebSocket configures melody's handlers.
-func (s *Server) setupWebSocket() {
-	m := melody.New()
-	m.Config.MaxMessageSize = int64(s.cfg.MaxFrame)
+// wsEndpoint serves GET /ws: it admits the request, upgrades it with melody
+// and runs each session's client. Its handlers are safe for concurrent use.
+type wsEndpoint struct {
+	melody    *melody.Melody
+	admit     *admitter
+	clients   *registry
+	log       *slog.Logger
+	queueSize int
+	msgRate   float64 // inbound messages per second per connection
+	refused   *prometheus.CounterVec
+	delivered prometheus.Counter
+	slow      prometheus.Counter
+	closeOnce sync.Once
+}
+
+func newWSEndpoint(cfg Config, admit *admitter, clients *registry, m *metrics, log *slog.Logger) *wsEndpoint {
+	e := &wsEndpoint{admit: admit, clients: clients, log: log, queueSize: cfg.QueueSize, msgRate: cfg.MsgRate,
+		refused: m.refused, delivered: m.delivered.WithLabelValues("websocket"), slow: m.slow.WithLabelValues("websocket")}
+	e.melody = melody.New()
+	e.melody.Config.MaxMessageSize = int64(cfg.MaxFrame)
 	// The transport keeps at most one frame in melody's queue (the rest wait
 	// in its own), plus a control or close frame: a small channel suffices.
-	m.Config.MessageBufferSize = 4
+	e.melody.Config.MessageBufferSize = 4
 	// Write buffers are pooled: an idle connection holds none. Reads reuse
 	// the HTTP server's buffered reader, which lives as long as the
 	// connection anyway (melody reads inside the HTTP handler).
-	m.Upgrader.WriteBufferPool = &sync.Pool{}
-	m.Upgrader.ReadBufferSize = 0
+	e.melody.Upgrader.WriteBufferPool = &sync.Pool{}
+	e.melody.Upgrader.ReadBufferSize = 0
 	// The admission already checked the origin; melody's upgrader must not
 	// apply its own rule on top.
-	m.Upgrader.CheckOrigin = func(*http.Request) bool { return true }
-	s.melody = m
-
-	m.HandleConnect(func(ms *melody.Session) {
-		v, _ := ms.Get(admissionKey)
-		a := v.(admission)
-		t := &wsTransport{s: ms, limit: s.cfg.QueueSize,
-			delivered: s.metrics.delivered.WithLabelValues("websocket"), slow: s.metrics.slow.WithLabelValues("websocket")}
-		c := s.hub.NewClient(t, s.cfg.MaxRooms)
-		conn := &wsConn{client: c, t: t, grant: a.grant,
-			limiter: rate.NewLimiter(rate.Limit(s.cfg.MsgRate), int(2*s.cfg.MsgRate)), stopExpiry: watchExpiry(a.grant, c)}
-		ms.Set(connKey, conn)
-		s.track(c, "websocket", true)
-		s.joinAll(ms.Request.Context(), c, a.rooms, a.cursor)
-	})
-	m.HandleDisconnect(func(ms *melody.Session) {
+	e.melody.Upgrader.CheckOrigin = func(*http.Request) bool { return true }
+	e.melody.HandleConnect(e.connected)
+	e.melody.HandleDisconnect(func(ms *melody.Session) {
 		if conn := sessionConn(ms); conn != nil {
-			conn.stopExpiry()
-			s.track(conn.client, "websocket", false)
-			conn.client.Close(realtime.CloseNormal)
+			e.clients.end(conn.client, conn.expiry)
 		}
 	})
-	m.HandleSentMessage(func(ms *melody.Session, _ []byte) {
+	e.melody.HandleSentMessage(func(ms *melody.Session, _ []byte) {
 		if conn := sessionConn(ms); conn != nil {
 			conn.t.sent()
 		}
 	})
-	m.HandleMessage(func(ms *melody.Session, b []byte) {
+	e.melody.HandleMessage(func(ms *melody.Session, b []byte) {
 		if conn := sessionConn(ms); conn != nil {
-			s.handleInbound(conn, b)
+			e.inbound(conn, b)
 		}
 	})
-	m.HandleError(func(ms *melody.Session, err error) {
+	e.melody.HandleError(func(ms *melody.Session, err error) {
 		// Read errors end the session and reach HandleDisconnect; nothing
 		// else to do. (Closing here would re-enter this handler.)
 	})
+	return e
+}
+
+// handle upgrades GET /ws?rooms=a,b&lastEventId=<cursor>&token=<jwt>; rooms
+// may be empty (the client subscribes by message). Requests that cannot
+// connect are refused before the upgrade with an HTTP status and a JSON
+// error.
+func (e *wsEndpoint) handle(c echo.Context) error {
+	a, ref := e.admit.admit(c, false)
+	if ref != nil {
+		return refuse(c, ref)
+	}
+	defer e.admit.release(a.ip)
+	if !e.admit.originAllowed(c.Request()) {
+		return refuse(c, e.admit.refuse(http.StatusForbidden, "origin", "origin not allowed"))
+	}
+	keys := map[string]any{admissionKey: a}
+	// HandleRequestWithKeys returns when the connection ends.
+	if err := e.melody.HandleRequestWithKeys(c.Response(), c.Request(), keys); err != nil {
+		e.log.Debug("websocket upgrade", "err", err)
+	}
+	return nil
+}
+
+// connected starts a session's client and joins the rooms it was admitted to.
+func (e *wsEndpoint) connected(ms *melody.Session) {
+	v, _ := ms.Get(admissionKey)
+	a := v.(admission)
+	t := &wsTransport{s: ms, limit: e.queueSize, delivered: e.delivered, slow: e.slow}
+	c, expiry := e.clients.start(t, "websocket", a.grant)
+	ms.Set(connKey, &wsConn{client: c, t: t, grant: a.grant,
+		limiter: rate.NewLimiter(rate.Limit(e.msgRate), int(2*e.msgRate)), expiry: expiry})
+	e.clients.joinAll(ms.Request.Context(), c, a.rooms, a.cursor)
 }
 
 func sessionConn(ms *melody.Session) *wsConn {
@@ -192,29 +228,29 @@ func sessionConn(ms *melody.Session) *wsConn {
 	return v.(*wsConn)
 }
 
-// handleInbound acts on one client frame. It runs in the session's read
-// loop, so one client's slow subscribe delays only that client.
-func (s *Server) handleInbound(conn *wsConn, b []byte) {
+// inbound acts on one client frame. It runs in the session's read loop, so
+// one client's slow subscribe delays only that client.
+func (e *wsEndpoint) inbound(conn *wsConn, b []byte) {
 	c := conn.client
 	if !conn.limiter.Allow() {
-		s.metrics.refused.WithLabelValues("rate_limited").Inc()
+		e.refused.WithLabelValues("rate_limited").Inc()
 		c.Send(realtime.Control{Type: realtime.TypeError, Code: "rate_limited", Message: "too many messages: slow down"})
 		return
 	}
 	in, err := ParseInbound(b)
 	if err != nil {
-		s.metrics.refused.WithLabelValues("bad_request").Inc()
+		e.refused.WithLabelValues("bad_request").Inc()
 		c.Send(realtime.Control{Type: realtime.TypeError, Code: errorCode(err), Message: err.Error()})
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.JoinTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), e.clients.joinTimeout)
 	defer cancel()
 	switch in.Type {
 	case "ping":
 		c.Send(realtime.Control{Type: realtime.TypePong})
 	case "subscribe":
 		if !conn.grant.Allows(in.Room) {
-			s.metrics.refused.WithLabelValues("forbidden").Inc()
+			e.refused.WithLabelValues("forbidden").Inc()
 			c.Send(realtime.Control{Type: realtime.TypeError, Room: in.Room, Code: "forbidden", Message: "room not allowed by token"})
 			return
 		}
@@ -227,13 +263,8 @@ func (s *Server) handleInbound(conn *wsConn, b []byte) {
 	}
 }
 
-// joinAll joins the rooms named at connect time, resuming from cursor.
-func (s *Server) joinAll(ctx context.Context, c *realtime.Client, rooms []realtime.Room, cursor realtime.Cursor) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.JoinTimeout)
-	defer cancel()
-	for _, r := range rooms {
-		if err := c.Join(ctx, r, cursor[r]); err != nil {
-			c.Send(realtime.Control{Type: realtime.TypeError, Room: r, Code: errorCode(err), Message: err.Error()})
-		}
-	}
+// close closes every session and stops melody; later calls do nothing
+// (melody's own Close must run once).
+func (e *wsEndpoint) close() {
+	e.closeOnce.Do(func() { _ = e.melody.Close() })
 }

@@ -325,6 +325,7 @@ class Link {
     this.wsFailures = 0; // WebSocket connections in a row that failed to open or died at once
     this.probes = 0; // WebSocket probes that failed while on the SSE fallback
     this.conn = null;
+    this.waiting = false; // SSE without rooms: no stream until a room is added
     this.gen = 0; // counts connects and teardowns
     this.token = "";
     this.openedAt = 0;
@@ -347,7 +348,7 @@ class Link {
     if (r) return r.live;
     this.rooms.set(room, { last: since, live: false });
     if (this.wsOpen()) this.send({ type: "subscribe", room, since: since || undefined });
-    else if (this.transport === "sse" && this.conn) this.restartSoon();
+    else if (this.transport === "sse" && (this.conn || this.waiting)) this.restartSoon();
     return false; // otherwise the next connection names it
   }
 
@@ -373,6 +374,10 @@ class Link {
       (typeof WebSocket !== "function" || this.wsFailures >= WS_FAILURES_BEFORE_SSE));
     this.transport = sse ? "sse" : "websocket";
     if (!this.state) this.setState("connecting");
+    // The server refuses a stream without rooms (its rooms are fixed when it
+    // opens): wait for the first room, which add() connects with.
+    this.waiting = sse && this.rooms.size === 0;
+    if (this.waiting) return;
     const gen = ++this.gen; // a teardown or another connect while awaiting the token wins
     if (this.opts.token) {
       try {
@@ -535,12 +540,13 @@ class Link {
     return cap / 2 + Math.random() * (cap / 2);
   }
 
-  // restartSoon reopens an SSE stream (its rooms are fixed at connect), once
-  // for a burst of room changes.
+  // restartSoon reopens an SSE stream (its rooms are fixed at connect), or
+  // opens the one that waited for a room, once for a burst of room changes.
+  // Without rooms left, the stream closes and waits.
   restartSoon() {
     clearTimeout(this.restartTimer);
     this.restartTimer = setTimeout(() => {
-      if (this.closed || !this.conn) return;
+      if (this.closed || !(this.conn || this.waiting)) return;
       this.teardown();
       this.connect();
     }, 20);
@@ -551,6 +557,7 @@ class Link {
     clearTimeout(this.retryTimer);
     clearTimeout(this.probeTimer);
     this.gen++;
+    this.waiting = false;
     const c = this.conn;
     this.conn = null;
     this.openedAt = 0;

@@ -1,7 +1,6 @@
-package edge
+package demo
 
 import (
-	"embed"
 	"errors"
 	"net/http"
 	"strings"
@@ -11,17 +10,6 @@ import (
 
 	"github.com/rowcast/rowcast/realtime"
 )
-
-//go:embed static
-var static embed.FS
-
-// demoRoutes serves the demo page and, with DATABASE_URL set, the form that
-// inserts chat messages (they come back through the trigger like any row).
-func (s *Server) demoRoutes(e *echo.Group) {
-	e.FileFS("/", "static/index.html", static)
-	e.FileFS("/rowcast.js", "static/rowcast.js", static)
-	e.POST("/api/messages", s.handlePostMessage)
-}
 
 type postMessage struct {
 	Room   string `json:"room"`
@@ -33,9 +21,9 @@ type postMessage struct {
 // bytes each, escaped, fit with room to spare.
 const maxPostBytes = 16 << 10
 
-// handlePostMessage inserts one chat_message row.
-func (s *Server) handlePostMessage(c echo.Context) error {
-	if s.db == nil {
+// handlePostMessage inserts one chat_message row (POST /api/messages).
+func (a *App) handlePostMessage(c echo.Context) error {
+	if a.db == nil {
 		return c.JSON(http.StatusNotFound, map[string]string{"error": "the demo form is off (ROWCAST_DEMO=true and DATABASE_URL enable it)"})
 	}
 	req := c.Request()
@@ -53,16 +41,17 @@ func (s *Server) handlePostMessage(c echo.Context) error {
 		return c.JSON(http.StatusBadRequest, map[string]string{"error": msg})
 	}
 	var id int64
-	err := s.db.QueryRow(c.Request().Context(),
+	err := a.db.QueryRow(req.Context(),
 		`INSERT INTO chat_message (room, author, body) VALUES ($1, $2, $3) RETURNING id`,
 		m.Room, m.Author, m.Body).Scan(&id)
 	if err != nil {
-		s.log.Error("insert chat message", "err", err)
+		a.log.Error("insert chat message", "err", err)
 		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": "database unavailable"})
 	}
 	return c.JSON(http.StatusCreated, map[string]int64{"id": id})
 }
 
+// validatePost returns what is wrong with m for the user, or "".
 func validatePost(m postMessage) string {
 	switch {
 	case m.Body == "":
