@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	rcmetrics "github.com/rowcast/rowcast/internal/metrics"
 	"github.com/rowcast/rowcast/realtime"
 )
 
@@ -47,13 +48,13 @@ func newMetrics(hub *realtime.Hub) *metrics {
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "rowcast_event_latency_seconds",
 			Help:    "From capture in Postgres (the event's at) to the hand-off to local client sockets.",
-			Buckets: []float64{.00025, .0005, .00075, .001, .0015, .002, .003, .004, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .15, .2, .3, .5, .75, 1, 2.5, 5, 10},
+			Buckets: rcmetrics.LatencyBuckets,
 		}),
 	}
 	m.reg.MustRegister(m.connections, m.received, m.delivered, m.slow, m.refused, m.reconnects, m.latency,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_rooms", Help: "Rooms with local clients."},
 			func() float64 { return float64(hub.Rooms()) }),
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		rcmetrics.GoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
