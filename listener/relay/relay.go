@@ -66,6 +66,8 @@ type Relay struct {
 	lastForget time.Time                           // used by the session goroutine only
 	stuck      map[realtime.Room]stuckRoom         // the session's rooms to publish again; see publish
 	known      map[realtime.Room]realtime.Position // the session's marked rooms, as recorded; see positions
+	recent     *idSet                              // outbox ids the session published; see notified
+	maxRead    int64                               // highest outbox id the session read from the outbox
 
 	leader    atomic.Bool
 	readyOnce sync.Once
@@ -125,6 +127,7 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 	// marked as claimed by it.
 	r.stuck = map[realtime.Room]stuckRoom{}
 	r.known = map[realtime.Room]realtime.Position{}
+	r.recent, r.maxRead = newIDSet(recentIDs), 0
 	r.log.Info("leading: relaying outbox to redis", "session", session)
 	// Releasing matters when the process stays up (a standby takes over at
 	// once); closing the connection releases it too.
@@ -141,14 +144,14 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	// LISTEN first, then drain: a row committed in between wakes us again.
-	if err := r.drain(ctx, session); err != nil {
+	if err := r.drain(ctx, session, nil); err != nil {
 		return err
 	}
 	r.readyOnce.Do(func() { close(r.ready) })
 
 	for {
 		wctx, cancel := context.WithTimeout(ctx, r.cfg.PollInterval)
-		_, err := conn.WaitForNotification(wctx)
+		n, err := conn.WaitForNotification(wctx)
 		cancel()
 		if ctx.Err() != nil {
 			r.release(ctx, session)
@@ -168,10 +171,55 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 			}
 			r.forgetIdle(ctx, session)
 		}
-		if err := r.drain(ctx, session); err != nil {
+		var first []outbox.Row
+		if err == nil {
+			row, how := r.notified(n.Payload)
+			if how == alreadyPublished {
+				continue
+			}
+			if how == publishIt {
+				first = []outbox.Row{row}
+			}
+		}
+		if err := r.drain(ctx, session, first); err != nil {
 			return err
 		}
 	}
+}
+
+// recentIDs bounds the outbox ids a session remembers as published.
+const recentIDs = 1 << 16
+
+// notifiedAction is what to do about one notification.
+type notifiedAction int
+
+const (
+	readOutbox       notifiedAction = iota // a plain wake-up, or a row that may have been read already
+	publishIt                              // the row it carries, published without reading the outbox
+	alreadyPublished                       // a row this session published: nothing to do
+)
+
+// notified decides what a notification asks for. The trigger sends each
+// row in its notification (see migration 00004), and publishing it straight
+// away saves the outbox read between a commit and the browsers. The
+// notification of a row that a read of the outbox already brought is
+// skipped. A row is published from its notification only when no read of
+// this session can have returned it (its id is above every id read; ids
+// are handed out before commit, so a row below that mark may still be
+// new, and then the outbox is read instead): a row published twice would
+// rely on Redis's bounded dedupe set to be dropped. With rooms stuck on a
+// failed shard, rows must wait behind them: the outbox is read.
+func (r *Relay) notified(payload string) (outbox.Row, notifiedAction) {
+	row, ok := outbox.ParseNotification(payload)
+	switch {
+	case !ok:
+		return outbox.Row{}, readOutbox
+	case r.recent.has(row.ID):
+		return outbox.Row{}, alreadyPublished
+	case row.ID > r.maxRead && len(r.stuck) == 0:
+		return row, publishIt
+	}
+	return outbox.Row{}, readOutbox
 }
 
 // release clears the session's marks as it stops between batches: all it
@@ -239,21 +287,33 @@ func (r *Relay) acquire(ctx context.Context, conn *pgx.Conn) error {
 	}
 }
 
-// drain moves batches until the outbox is empty and no room is stuck. A
-// Redis failure is retried in publish (the Postgres session and the
-// leadership stay); a Postgres failure ends the session. Under load the
-// record of one batch and the claim of the next share a round trip.
-func (r *Relay) drain(ctx context.Context, session string) error {
-	qctx, cancel := context.WithTimeout(ctx, opTimeout)
-	rows, err := r.store.Oldest(qctx, r.cfg.BatchSize)
-	cancel()
+// drain moves batches until the outbox is empty and no room is stuck,
+// starting with first (rows from notifications) or, when first is empty, a
+// read of the outbox. A Redis failure is retried in publish (the Postgres
+// session and the leadership stay); a Postgres failure ends the session.
+// Under load, and after rows from notifications, the record of one batch
+// and the read of the next share a round trip.
+func (r *Relay) drain(ctx context.Context, session string, first []outbox.Row) error {
+	rows, fromOutbox, err := first, false, error(nil)
+	if len(rows) == 0 {
+		qctx, cancel := context.WithTimeout(ctx, opTimeout)
+		rows, err = r.store.Oldest(qctx, r.cfg.BatchSize)
+		cancel()
+		fromOutbox = true
+	}
 	for err == nil && len(rows) > 0 {
+		if fromOutbox {
+			r.read(rows)
+		}
 		var done outbox.Published
 		if done, err = r.publish(ctx, session, rows); err != nil {
 			return err
 		}
 		for room, pos := range done.Positions {
 			r.known[room] = pos
+		}
+		for _, id := range done.IDs {
+			r.recent.add(id)
 		}
 		if len(done.Positions) == 0 && len(r.stuck) > 0 {
 			// Nothing went through (a Cluster master is down): pace the
@@ -267,15 +327,26 @@ func (r *Relay) drain(ctx context.Context, session string) error {
 			}
 		}
 		qctx, cancel := context.WithTimeout(ctx, opTimeout)
-		if len(rows) < r.cfg.BatchSize && len(r.stuck) == 0 {
+		if fromOutbox && len(rows) < r.cfg.BatchSize && len(r.stuck) == 0 {
 			err = r.store.Record(qctx, done)
 			rows = nil
 		} else {
+			// After rows from a notification, read what else committed
+			// meanwhile: under load this batches, and their own
+			// notifications are then skipped.
 			rows, err = r.store.RecordThenOldest(qctx, done, r.cfg.BatchSize)
+			fromOutbox = true
 		}
 		cancel()
 	}
 	return err
+}
+
+// read notes rows a read of the outbox returned.
+func (r *Relay) read(rows []outbox.Row) {
+	for _, row := range rows {
+		r.maxRead = max(r.maxRead, row.ID)
+	}
 }
 
 // positions returns the recorded positions of rooms. This session knows
