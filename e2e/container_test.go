@@ -27,7 +27,7 @@ func TestContainerRuntimeImage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds an image and runs containers")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 
 	n, err := testenv.NewNetwork(ctx, t) // also fails clearly without Docker
