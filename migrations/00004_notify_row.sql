@@ -3,7 +3,7 @@
 -- trip less between a commit and the browsers. The outbox stays the
 -- record: the row is written there as before and removed only once Redis
 -- has it; a wake-up without a row (a row too large for a notification, the
--- rows of a transaction past its first 64, or a row the listener cannot be
+-- rows of a transaction past its first 16, or a row the listener cannot be
 -- sure it has not published) makes the listener read the outbox.
 
 -- +goose Up
@@ -41,12 +41,12 @@ BEGIN
     INSERT INTO rowcast.outbox (room, table_name, op, row_data)
     VALUES (room, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP, payload)
     RETURNING id, captured_at INTO new_id, at;
-    -- A transaction's first 64 rows travel in their notifications; past
+    -- A transaction's first 16 rows travel in their notifications; past
     -- that, a large transaction is throughput, not latency, and one plain
     -- wake-up (Postgres folds identical notifications) lets the listener
     -- read the outbox in batches.
     sent := coalesce(nullif(current_setting('rowcast.notified_rows', true), ''), '0')::int;
-    IF sent < 64 THEN
+    IF sent < 16 THEN
         PERFORM set_config('rowcast.notified_rows', (sent + 1)::text, true);
         note := json_build_object('i', new_id, 'r', room, 't', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
             'o', TG_OP, 'a', (extract(epoch FROM at) * 1000000)::bigint, 'd', payload)::text;

@@ -18,7 +18,7 @@ type notifiedRow struct {
 
 // ParseNotification returns the outbox row a NOTIFY payload carries. ok is
 // false for a plain wake-up (an empty payload: the row was too large to
-// travel, or its transaction had already sent 64) or anything else that is
+// travel, or its transaction had already sent 16) or anything else that is
 // not a whole row: the caller then reads the outbox.
 func ParseNotification(payload string) (row Row, ok bool) {
 	if len(payload) == 0 || payload[0] != '{' {
