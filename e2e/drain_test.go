@@ -32,16 +32,7 @@ func TestDrainToSecondEdge(t *testing.T) {
 	a, baseA := startApp(ctx, t, s, "ROWCAST_DRAIN_TIMEOUT=2s")
 	_, baseB := startApp(ctx, t, s)
 
-	var subs []*wire.Subscriber
-	for _, tr := range []wire.Transport{wire.WebSocket, wire.SSE} {
-		for range 3 {
-			sub := wire.NewSubscriber(baseA, tr, faultRooms...)
-			sub.Others = []string{baseB}
-			subs = append(subs, sub)
-			go sub.Run(ctx)
-			<-sub.Subscribed()
-		}
-	}
+	subs := subscribeWithFallback(ctx, t, baseA, baseB, 3)
 	r := &rig{s: s, subs: subs}
 	in := startInserter(ctx, s.pgURL, faultRooms...)
 	r.waitProgress(ctx, t, 20, "before the drain")
@@ -181,20 +172,7 @@ func TestAutostopEdge(t *testing.T) {
 	a, baseA, coldA := startEdge(ctx, t, s, fly.env)
 	_, baseB, coldB := startEdge(ctx, t, s, fly.env)
 
-	var subs []*wire.Subscriber
-	for _, tr := range []wire.Transport{wire.WebSocket, wire.SSE} {
-		for range 4 {
-			sub := wire.NewSubscriber(baseA, tr, faultRooms...)
-			sub.Others = []string{baseB}
-			subs = append(subs, sub)
-			go sub.Run(ctx)
-			select {
-			case <-sub.Subscribed():
-			case <-ctx.Done():
-				t.Fatal("subscriber never subscribed on edge A")
-			}
-		}
-	}
+	subs := subscribeWithFallback(ctx, t, baseA, baseB, 4)
 	r := &rig{s: s, subs: subs}
 	in := startInserter(ctx, s.pgURL, faultRooms...)
 	r.waitProgress(ctx, t, 20, "before the stop")
@@ -269,4 +247,26 @@ func spread(ds []time.Duration) string {
 	}
 	s := slices.Sorted(slices.Values(ds))
 	return fmt.Sprintf("n=%d p50=%s max=%s", len(s), ms(s[(len(s)-1)/2]), ms(s[len(s)-1]))
+}
+
+// subscribeWithFallback starts n subscribers per transport on edge base,
+// each with other as the edge to resume on, and waits until all are
+// subscribed.
+func subscribeWithFallback(ctx context.Context, t *testing.T, base, other string, n int) []*wire.Subscriber {
+	t.Helper()
+	var subs []*wire.Subscriber
+	for _, tr := range []wire.Transport{wire.WebSocket, wire.SSE} {
+		for range n {
+			sub := wire.NewSubscriber(base, tr, faultRooms...)
+			sub.Others = []string{other}
+			subs = append(subs, sub)
+			go sub.Run(ctx)
+			select {
+			case <-sub.Subscribed():
+			case <-ctx.Done():
+				t.Fatalf("%s subscriber never subscribed on %s", tr, base)
+			}
+		}
+	}
+	return subs
 }
