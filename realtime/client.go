@@ -214,6 +214,26 @@ func (c *Client) forget(r Room, st *clientRoom) {
 }
 
 // deliver is called by the hub with one live message of a joined room.
+// deliverBatch is deliver for consecutive events of one room, written as
+// few frames (see pushBatchLocked).
+func (c *Client) deliverBatch(msgs []Message) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.rooms[msgs[0].Room]
+	if st == nil {
+		return
+	}
+	if st.replaying {
+		if len(st.pending)+len(msgs) > maxPending {
+			go c.Close(CloseSlow)
+			return
+		}
+		st.pending = append(st.pending, msgs...)
+		return
+	}
+	c.pushBatchLocked(st, msgs)
+}
+
 func (c *Client) deliver(m Message) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

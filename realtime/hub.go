@@ -249,7 +249,7 @@ func (h *Hub) HandleMessage(ctx context.Context, m Message) {
 		h.holdLocked(e, m)
 		return
 	}
-	if h.deliverLocked(e, m, false) {
+	if h.deliverLocked(e, m, false, nil) {
 		e.held = append(e.held, m)
 		h.startCatchUpLocked(ctx, m.Room, e)
 	}
@@ -281,7 +281,10 @@ func (h *Hub) HandleResubscribed(ctx context.Context, r Room) {
 // leaves m undelivered, when history must be read first: m does not follow
 // the room's last message. With force, a gap within the epoch is accepted
 // (the history read that should have filled it is done). e.lastMu is held.
-func (h *Hub) deliverLocked(e *hubRoom, m Message, force bool) (needHistory bool) {
+//
+// With batch set, a message to fan out is appended to it (and recorded as
+// the room's last) for the caller to fan out with what else it collects.
+func (h *Hub) deliverLocked(e *hubRoom, m Message, force bool, batch *[]Message) (needHistory bool) {
 	if e.lostEpoch != "" {
 		// History was found lost; clients were told to reset. A message of
 		// the same epoch is the new starting point; one of a new epoch means
@@ -300,6 +303,11 @@ func (h *Hub) deliverLocked(e *hubRoom, m Message, force bool) (needHistory bool
 			e.last = ID{Epoch: m.ID.Epoch} // offset 0: fill from the epoch's start
 		}
 		return true
+	}
+	if batch != nil {
+		*batch = append(*batch, m)
+		e.last = m.ID
+		return false
 	}
 	h.fanout(e, m)
 	return false
@@ -382,9 +390,15 @@ func (h *Hub) catchUp(ctx context.Context, r Room, e *hubRoom) {
 			// (see deliverLocked for a new epoch).
 			e.lostEpoch, e.last = e.last.Epoch, ID{}
 		}
+		// What the read found and what was held go out together, a few
+		// frames per client instead of one per event: after an outage this
+		// is a burst, and one frame per event would overflow the queues of
+		// clients that keep up perfectly well.
+		var batch []Message
 		for _, m := range missed {
 			if isNew, _ := e.last.Follows(m.ID); isNew {
-				h.fanout(e, m)
+				batch = append(batch, m)
+				e.last = m.ID
 			}
 		}
 		// Deliver what was held, up to one that needs history again. One
@@ -393,10 +407,11 @@ func (h *Hub) catchUp(ctx context.Context, r Room, e *hubRoom) {
 		// more can fill it.
 		i := 0
 		for ; i < len(e.held); i++ {
-			if h.deliverLocked(e, e.held[i], lost == nil && i < read) {
+			if h.deliverLocked(e, e.held[i], lost == nil && i < read, &batch) {
 				break
 			}
 		}
+		h.fanoutBatch(e, batch)
 		e.held = append(e.held[:0], e.held[i:]...)
 		if len(e.held) == 0 && !e.again {
 			e.catching, e.held, e.stop = false, nil, nil
@@ -411,6 +426,15 @@ func (h *Hub) catchUp(ctx context.Context, r Room, e *hubRoom) {
 func (h *Hub) fanout(e *hubRoom, m Message) {
 	h.forEach(e, func(c *Client) { c.deliver(m) })
 	e.last = m.ID
+}
+
+// fanoutBatch gives msgs, consecutive events of one room already recorded
+// as the room's last, to every member in as few frames as possible.
+func (h *Hub) fanoutBatch(e *hubRoom, msgs []Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	h.forEach(e, func(c *Client) { c.deliverBatch(msgs) })
 }
 
 func (h *Hub) forEach(e *hubRoom, f func(*Client)) {

@@ -208,8 +208,42 @@ func TestCatchUpHistoryLostResetsAndContinues(t *testing.T) {
 			order = append(order, f.ID.String())
 		}
 	}
-	if got := strings.Join(order, " "); got != "e1-1 reset e2-1 e2-2 e2-3" {
+	// e2-1 (read) and e2-2 (held) go out as one frame, named by its last.
+	if got := strings.Join(order, " "); got != "e1-1 reset e2-2 e2-3" {
 		t.Fatalf("frames %q, want the reset before the new epoch", got)
+	}
+}
+
+// After an outage a catch-up delivers a burst: what the read found and what
+// was held meanwhile go out in a few frames, so a client whose queue holds
+// fewer frames than the burst has events is not cut off as slow.
+func TestCatchUpBurstFitsASmallQueue(t *testing.T) {
+	ctx := context.Background()
+	h, bus := newTestHub()
+	rec := joinRecorder(t, h, "a")
+	bus.publish("a", true) // e1-1
+	rec.mu.Lock()
+	rec.limit = 8 // frames, fewer than the burst's events
+	rec.mu.Unlock()
+	gate, entered := blockHistory(bus, "a")
+	h.HandleResubscribed(ctx, "a")
+	waitEntered(t, entered, "a")
+	for range 100 {
+		bus.publish("a", false) // missed: the read finds them
+	}
+	for range 100 {
+		publishReturns(t, bus, "a") // held while the read waits
+	}
+	close(gate)
+	settleWithin(t, h)
+	rec.mu.Lock()
+	closed := rec.closed
+	rec.mu.Unlock()
+	if closed != 0 {
+		t.Fatalf("client closed (%v) by a catch-up burst", closed)
+	}
+	if got := len(rec.events()); got != 201 {
+		t.Fatalf("%d events delivered, want 201", got)
 	}
 }
 

@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -195,5 +196,100 @@ func TestStandbyTakesOver(t *testing.T) {
 	waitFor(ctx, t, "the standby to publish", func() bool { return historyLen(ctx, t, e.rdb, "ha") == 40 })
 	if !r2.Leader() {
 		t.Fatal("standby does not lead")
+	}
+}
+
+// Rows travel in their notifications, but a notification is trusted only for
+// a row no read of the outbox can have returned: a row that commits late with
+// an id below one the relay read goes through the outbox, and rows read from
+// the outbox are not published again when their notifications arrive.
+func TestNotifiedRowsArePublishedOnceInCommitOrder(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e := setup(t)
+	db, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	late, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close(ctx)
+	insert := func(conn *pgx.Conn, body string) {
+		t.Helper()
+		exec(ctx, t, conn, `INSERT INTO chat_message (room, author, body) VALUES ('once', 'x', $1)`, body)
+	}
+	// a takes the lowest id and commits last; b and c are in the outbox
+	// before the relay starts, so its first read returns them.
+	tx, err := late.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('once', 'x', 'a')`); err != nil {
+		t.Fatal(err)
+	}
+	insert(db, "b")
+	insert(db, "c")
+	r, _ := newRelay(t, e, "only")
+	go r.Run(ctx)
+	<-r.Ready()
+	waitFor(ctx, t, "b and c", func() bool { return historyLen(ctx, t, e.rdb, "once") == 2 })
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, "a", func() bool { return historyLen(ctx, t, e.rdb, "once") == 3 })
+	// A burst: some rows come from their notifications, others from the
+	// reads that follow each publish.
+	const burst = 200
+	var wg sync.WaitGroup
+	for w := range 4 {
+		conn, err := pgx.Connect(ctx, e.pgURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		wg.Go(func() {
+			for i := w; i < burst; i += 4 {
+				if _, err := conn.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('once', 'x', $1)`, fmt.Sprint("d", i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	waitFor(ctx, t, "the burst", func() bool { return historyLen(ctx, t, e.rdb, "once") >= 3+burst })
+	waitFor(ctx, t, "the outbox to empty", func() bool {
+		var left int
+		err := db.QueryRow(ctx, `SELECT count(*) FROM rowcast.outbox`).Scan(&left)
+		return err == nil && left == 0
+	})
+	entries, err := e.rdb.XRange(ctx, "rowcast:{once}:history", "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	var order []string
+	for _, x := range entries {
+		var ev struct {
+			Data struct {
+				Body string `json:"body"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal([]byte(fmt.Sprint(x.Values["e"])), &ev); err != nil || ev.Data.Body == "" {
+			t.Fatalf("event %v: %v", x.Values["e"], err)
+		}
+		seen[ev.Data.Body]++
+		if len(order) < 3 {
+			order = append(order, ev.Data.Body)
+		}
+	}
+	if len(entries) != 3+burst || len(seen) != 3+burst {
+		t.Errorf("history holds %d events of %d rows, want %d, each once", len(entries), len(seen), 3+burst)
+	}
+	if fmt.Sprint(order) != "[b c a]" {
+		t.Errorf("first events %v, want commit order [b c a]", order)
 	}
 }
