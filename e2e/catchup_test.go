@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -330,14 +331,28 @@ func (c *catchUpTransport) Send(f realtime.Frame) bool {
 		}
 		return true
 	}
+	// A catch-up may batch several events into one frame (a JSON array,
+	// named by its last event).
+	n := uint64(1)
+	if len(f.Data) > 0 && f.Data[0] == '[' {
+		var events []json.RawMessage
+		if err := json.Unmarshal(f.Data, &events); err != nil || len(events) == 0 {
+			c.s.bad.Add(1)
+			return true
+		}
+		n = uint64(len(events))
+	}
 	c.mu.Lock()
-	if f.ID.Offset != c.last+1 {
+	first := f.ID.Offset - n + 1
+	if first != c.last+1 {
 		c.s.bad.Add(1)
 	}
 	c.last = max(c.last, f.ID.Offset)
 	c.mu.Unlock()
 	if !c.probe {
-		c.s.arrived(f.ID.Offset, now)
+		for off := first; off <= f.ID.Offset; off++ {
+			c.s.arrived(off, now)
+		}
 		return true
 	}
 	if at, ok := realtime.CapturedAt(f.Data); ok {
