@@ -51,6 +51,16 @@ func waitEntered(t *testing.T, entered chan Room, want Room) {
 	}
 }
 
+// resubscribeBlocked tells the hub that room r was resubscribed and returns
+// once the catch-up's history read waits at the returned gate.
+func resubscribeBlocked(t *testing.T, h *Hub, b *memBus, r Room) (gate chan struct{}) {
+	t.Helper()
+	gate, entered := blockHistory(b, r)
+	h.HandleResubscribed(context.Background(), r)
+	waitEntered(t, entered, r)
+	return gate
+}
+
 // settleWithin is settle that fails instead of hanging.
 func settleWithin(t *testing.T, h *Hub) {
 	t.Helper()
@@ -167,9 +177,7 @@ func TestResubscribeDuringCatchUpReadsAgain(t *testing.T) {
 	bus.readFirst = true
 	rec := joinRecorder(t, h, "a")
 	bus.publish("a", true)
-	gate, entered := blockHistory(bus, "a")
-	h.HandleResubscribed(ctx, "a")
-	waitEntered(t, entered, "a") // read: nothing after e1-1
+	gate := resubscribeBlocked(t, h, bus, "a") // read: nothing after e1-1
 	bus.publish("a", false)      // missed in a second interruption
 	h.HandleResubscribed(ctx, "a")
 	close(gate)
@@ -183,13 +191,10 @@ func TestResubscribeDuringCatchUpReadsAgain(t *testing.T) {
 // finds the history lost (reset), and the new epoch's held message makes it
 // fill that epoch from its start; later messages flow live.
 func TestCatchUpHistoryLostResetsAndContinues(t *testing.T) {
-	ctx := context.Background()
 	h, bus := newTestHub()
 	rec := joinRecorder(t, h, "a")
 	bus.publish("a", true)
-	gate, entered := blockHistory(bus, "a")
-	h.HandleResubscribed(ctx, "a")
-	waitEntered(t, entered, "a")
+	gate := resubscribeBlocked(t, h, bus, "a")
 	bus.restartEmpty("e2", "a")
 	bus.publish("a", false)     // e2-1: missed
 	publishReturns(t, bus, "a") // e2-2: held
@@ -218,16 +223,13 @@ func TestCatchUpHistoryLostResetsAndContinues(t *testing.T) {
 // was held meanwhile go out in a few frames, so a client whose queue holds
 // fewer frames than the burst has events is not cut off as slow.
 func TestCatchUpBurstFitsASmallQueue(t *testing.T) {
-	ctx := context.Background()
 	h, bus := newTestHub()
 	rec := joinRecorder(t, h, "a")
 	bus.publish("a", true) // e1-1
 	rec.mu.Lock()
 	rec.limit = 8 // frames, fewer than the burst's events
 	rec.mu.Unlock()
-	gate, entered := blockHistory(bus, "a")
-	h.HandleResubscribed(ctx, "a")
-	waitEntered(t, entered, "a")
+	gate := resubscribeBlocked(t, h, bus, "a")
 	for range 100 {
 		bus.publish("a", false) // missed: the read finds them
 	}
@@ -384,13 +386,10 @@ func TestCatchUpEndsWithContextOrRoom(t *testing.T) {
 // follows its last one needs no history and is not held; one after a gap
 // is, until the history fills the gap.
 func TestCatchUpDeliversNextMessageAtOnce(t *testing.T) {
-	ctx := context.Background()
 	h, bus := newTestHub()
 	rec := joinRecorder(t, h, "a")
 	bus.publish("a", true)
-	gate, entered := blockHistory(bus, "a")
-	h.HandleResubscribed(ctx, "a")
-	waitEntered(t, entered, "a")
+	gate := resubscribeBlocked(t, h, bus, "a")
 	publishReturns(t, bus, "a")
 	if got := strings.Join(rec.events(), " "); got != "e1-1 e1-2" {
 		t.Fatalf("events %q while catching up, want the next one delivered", got)
