@@ -178,7 +178,7 @@ func TestResubscribeDuringCatchUpReadsAgain(t *testing.T) {
 	rec := joinRecorder(t, h, "a")
 	bus.publish("a", true)
 	gate := resubscribeBlocked(t, h, bus, "a") // read: nothing after e1-1
-	bus.publish("a", false)      // missed in a second interruption
+	bus.publish("a", false)                    // missed in a second interruption
 	h.HandleResubscribed(ctx, "a")
 	close(gate)
 	settleWithin(t, h)
