@@ -234,3 +234,55 @@ func (s *Store) Depth(ctx context.Context) (int64, time.Time, error) {
 	}
 	return n, *oldest, nil
 }
+
+// CaptureState is what the capture trigger does with each row; see
+// migration 00005.
+type CaptureState int64
+
+// The capture states, as stored in rowcast.capture_state.
+const (
+	Notify  CaptureState = 0 // outbox row + NOTIFY: the listener sleeps on LISTEN
+	Drain   CaptureState = 1 // outbox row only: the listener is reading the outbox
+	WALMode CaptureState = 2 // a logical decoding message instead of an outbox row
+)
+
+// State returns the capture state.
+func (s *Store) State(ctx context.Context) (CaptureState, error) {
+	var v int64
+	if err := s.pool.QueryRow(ctx, `SELECT last_value FROM rowcast.capture_state`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("read capture state: %w", err)
+	}
+	return CaptureState(v), nil
+}
+
+// Wake tells writers that the listener is draining: they stop notifying.
+// Only the leading relay calls it, and it must Sleep before it waits on
+// LISTEN again.
+func (s *Store) Wake(ctx context.Context) error {
+	if _, err := s.pool.Exec(ctx, `SELECT setval('rowcast.capture_state', 1, true)`); err != nil {
+		return fmt.Errorf("wake capture: %w", err)
+	}
+	return nil
+}
+
+// SetState sets the capture state and returns a fence: the transactions that
+// may have read the previous state are below it, so what they write is
+// seen only once Settled(fence) is true.
+func (s *Store) SetState(ctx context.Context, st CaptureState) (int64, error) {
+	var fence int64
+	err := s.pool.QueryRow(ctx, `SELECT rowcast.set_state($1)::text::bigint`, int64(st)).Scan(&fence)
+	if err != nil {
+		return 0, fmt.Errorf("set capture state %d: %w", st, err)
+	}
+	return fence, nil
+}
+
+// Settled reports whether every transaction below fence has ended.
+func (s *Store) Settled(ctx context.Context, fence int64) (bool, error) {
+	var ok bool
+	err := s.pool.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::bigint::text::xid8`, fence).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("wait for transactions below %d: %w", fence, err)
+	}
+	return ok, nil
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/rowcast/rowcast/internal/connect"
 	"github.com/rowcast/rowcast/internal/testenv"
@@ -233,5 +234,117 @@ func TestMarkAndRecordPositions(t *testing.T) {
 	}
 	if left, err := pgx.CollectRows(rows, pgx.RowTo[string]); err != nil || len(left) != 1 || left[0] != "r2" {
 		t.Fatalf("positions left after forgetting idle rooms: %v, %v; want [r2] (marked by s3)", left, err)
+	}
+}
+
+// The capture state: writers skip the NOTIFY while the listener drains,
+// and a listener going back to sleep learns which transactions may have
+// read the old state, so it can wait for them before trusting LISTEN.
+func TestCaptureStateSkipsWakeUps(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := migratedPostgres(ctx, t)
+	pool, err := connect.PostgresPool(ctx, "DATABASE_URL", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store := outbox.NewStore(pool)
+	listen, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listen.Close(ctx)
+	if _, err := listen.Exec(ctx, "LISTEN rowcast"); err != nil {
+		t.Fatal(err)
+	}
+	notifications := func() int {
+		n := 0
+		for {
+			// Notifications are delivered with the commit that sent them: a
+			// committed one is already in the connection's buffer or on
+			// the wire, so a short wait finds each.
+			wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			_, err := listen.WaitForNotification(wctx)
+			cancel()
+			if err != nil {
+				return n
+			}
+			n++
+		}
+	}
+	insert := func(q interface {
+		Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+	}, body string) {
+		t.Helper()
+		if _, err := q.Exec(ctx, `INSERT INTO public.chat_message (room, author, body) VALUES ('s', 'a', $1)`, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if st, err := store.State(ctx); err != nil || st != outbox.Notify {
+		t.Fatalf("initial state %v, %v; want Notify", st, err)
+	}
+	insert(pool, "asleep")
+	if n := notifications(); n != 1 {
+		t.Fatalf("%d notifications while asleep, want 1", n)
+	}
+
+	if err := store.Wake(ctx); err != nil {
+		t.Fatal(err)
+	}
+	insert(pool, "awake")
+	// A transaction that wrote while the listener drained, still open when
+	// it goes back to sleep.
+	late, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Rollback(ctx)
+	insert(late, "late")
+	var lateXID int64
+	if err := late.QueryRow(ctx, `SELECT pg_current_xact_id()::text::bigint`).Scan(&lateXID); err != nil {
+		t.Fatal(err)
+	}
+	fence, err := store.SetState(ctx, outbox.Notify)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fence <= lateXID {
+		t.Fatalf("fence %d is not above the open writer %d", fence, lateXID)
+	}
+	if ok, err := store.Settled(ctx, fence); err != nil || ok {
+		t.Fatalf("Settled %v, %v while the writer is open; want false", ok, err)
+	}
+	if err := late.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := store.Settled(ctx, fence); err != nil || !ok {
+		t.Fatalf("Settled %v, %v after the commit; want true", ok, err)
+	}
+	// Neither the awake row nor the late one notified; both are in the
+	// outbox for the listener's read after the wait.
+	if n := notifications(); n != 0 {
+		t.Fatalf("%d notifications while awake, want 0", n)
+	}
+	rows, err := store.Oldest(ctx, 10)
+	if err != nil || len(rows) != 3 {
+		t.Fatalf("%d outbox rows (%v), want 3", len(rows), err)
+	}
+	insert(pool, "asleep again")
+	if n := notifications(); n != 1 {
+		t.Fatalf("%d notifications after sleeping, want 1", n)
+	}
+
+	// WAL mode: a logical decoding message, no outbox row, no notification.
+	if _, err := store.SetState(ctx, outbox.WALMode); err != nil {
+		t.Fatal(err)
+	}
+	insert(pool, "wal")
+	if n := notifications(); n != 0 {
+		t.Fatalf("%d notifications in WAL mode, want 0", n)
+	}
+	if depth, _, err := store.Depth(ctx); err != nil || depth != 4 {
+		t.Fatalf("outbox depth %d (%v) in WAL mode, want the 4 earlier rows", depth, err)
 	}
 }

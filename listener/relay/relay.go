@@ -68,6 +68,9 @@ type Relay struct {
 	known      map[realtime.Room]realtime.Position // the session's marked rooms, as recorded; see positions
 	recent     *idSet                              // outbox ids the session published; see notified
 	maxRead    int64                               // highest outbox id the session read from the outbox
+	awake      bool                                // writers may believe the session drains (state Drain): it must sleep before waiting
+	fence      int64                               // after a sleep: transactions below it may have read Drain (0: none)
+	fencePause time.Duration                       // wait between outbox reads while the fence is pending
 
 	leader    atomic.Bool
 	readyOnce sync.Once
@@ -128,6 +131,9 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 	r.stuck = map[realtime.Room]stuckRoom{}
 	r.known = map[realtime.Room]realtime.Position{}
 	r.recent, r.maxRead = newIDSet(recentIDs), 0
+	// A leader that died while draining left writers silent: the first
+	// drain ends with the sleep that wakes them up again.
+	r.awake, r.fence = true, 0
 	r.log.Info("leading: relaying outbox to redis", "session", session)
 	// Releasing matters when the process stays up (a standby takes over at
 	// once); closing the connection releases it too.
@@ -143,14 +149,24 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+Channel); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	if err := r.checkNotifyMode(ctx); err != nil {
+		return err
+	}
 	// LISTEN first, then drain: a row committed in between wakes us again.
 	if err := r.drain(ctx, session, nil); err != nil {
 		return err
 	}
 	r.readyOnce.Do(func() { close(r.ready) })
 
+	nextPoll := time.Now().Add(r.cfg.PollInterval)
 	for {
-		wctx, cancel := context.WithTimeout(ctx, r.cfg.PollInterval)
+		// While writers that may have missed the sleep are still open, wake
+		// up often to read what they commit (see sleep).
+		wait := time.Until(nextPoll)
+		if r.fence != 0 {
+			wait = min(wait, r.fencePause)
+		}
+		wctx, cancel := context.WithTimeout(ctx, max(wait, 0))
 		n, err := conn.WaitForNotification(wctx)
 		cancel()
 		if ctx.Err() != nil {
@@ -160,7 +176,7 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("wait for notification: %w", err)
 		}
-		if err != nil {
+		if err != nil && !time.Now().Before(nextPoll) {
 			// Safety poll: prove the LISTEN connection (a half-open one
 			// would otherwise go unnoticed) and drain what NOTIFY missed.
 			pctx, cancel := context.WithTimeout(ctx, r.cfg.PollInterval)
@@ -170,6 +186,7 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 				return fmt.Errorf("ping listen connection: %w", perr)
 			}
 			r.forgetIdle(ctx, session)
+			nextPoll = time.Now().Add(r.cfg.PollInterval)
 		}
 		var first []outbox.Row
 		if err == nil {
@@ -287,14 +304,117 @@ func (r *Relay) acquire(ctx context.Context, conn *pgx.Conn) error {
 	}
 }
 
-// drain moves batches until the outbox is empty and no room is stuck,
+// wakeBacklog is the backlog, in rows read from the outbox within one drain,
+// at which the relay tells writers to stop notifying: they outpace the
+// wake-ups, and each NOTIFY serializes their commits.
+const wakeBacklog = 8
+
+// drain empties the outbox (see drainOutbox). When writers were told to
+// stop notifying meanwhile, it tells them to notify again (sleep); the
+// relay may then wait on LISTEN only once every transaction that may have
+// missed that has ended and the outbox was read after: until then drain
+// is called again at short intervals, and each call checks.
+func (r *Relay) drain(ctx context.Context, session string, first []outbox.Row) error {
+	for {
+		settled, err := r.settled(ctx)
+		if err != nil {
+			return err
+		}
+		if err := r.drainOutbox(ctx, session, first); err != nil {
+			return err
+		}
+		first = nil
+		if ctx.Err() != nil {
+			return nil
+		}
+		if r.awake {
+			if err := r.sleep(ctx); err != nil {
+				return err
+			}
+			continue // most often the writers are settled already
+		}
+		if settled {
+			return nil
+		}
+		// Pending: a writer below the fence is still open.
+		r.fencePause = min(2*r.fencePause, maxFencePause)
+		return nil
+	}
+}
+
+// maxFencePause bounds the wait between reads of the outbox while a
+// transaction that may have missed the sleep stays open.
+const maxFencePause = 50 * time.Millisecond
+
+// sleep sets the capture state back to Notify and records the fence below
+// which transactions may have read Drain: their rows show up in the outbox
+// once they have ended, without a wake-up.
+func (r *Relay) sleep(ctx context.Context) error {
+	qctx, cancel := context.WithTimeout(ctx, opTimeout)
+	fence, err := r.store.SetState(qctx, outbox.Notify)
+	cancel()
+	if err != nil {
+		return err
+	}
+	r.awake, r.fence, r.fencePause = false, fence, 100*time.Microsecond
+	return nil
+}
+
+// settled reports whether no transaction below the fence is still open,
+// and then clears the fence. Checked before a read of the outbox, it means
+// that read sees every row such a writer committed.
+func (r *Relay) settled(ctx context.Context) (bool, error) {
+	if r.fence == 0 {
+		return true, nil
+	}
+	qctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ok, err := r.store.Settled(qctx, r.fence)
+	cancel()
+	if err != nil || !ok {
+		return false, err
+	}
+	r.fence = 0
+	return true, nil
+}
+
+// wake tells writers to stop notifying, once per stretch of draining.
+func (r *Relay) wake(ctx context.Context) error {
+	if r.awake {
+		return nil
+	}
+	qctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	if err := r.store.Wake(qctx); err != nil {
+		return err
+	}
+	r.awake, r.fence = true, 0
+	return nil
+}
+
+// checkNotifyMode refuses to relay a database that captures into the WAL:
+// its changes wait in a replication slot only a WAL-mode listener reads.
+func (r *Relay) checkNotifyMode(ctx context.Context) error {
+	qctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	st, err := r.store.State(qctx)
+	if err != nil {
+		return err
+	}
+	if st == outbox.WALMode {
+		return errors.New("the database captures in WAL mode (a listener ran with ROWCAST_CAPTURE=wal): run this one with ROWCAST_CAPTURE=wal too")
+	}
+	return nil
+}
+
+// drainOutbox moves batches until the outbox is empty and no room is stuck,
 // starting with first (rows from notifications) or, when first is empty, a
 // read of the outbox. A Redis failure is retried in publish (the Postgres
 // session and the leadership stay); a Postgres failure ends the session.
 // Under load, and after rows from notifications, the record of one batch
 // and the read of the next share a round trip.
-func (r *Relay) drain(ctx context.Context, session string, first []outbox.Row) error {
+func (r *Relay) drainOutbox(ctx context.Context, session string, first []outbox.Row) error {
 	rows, fromOutbox, err := first, false, error(nil)
+	backlog := 0
 	if len(rows) == 0 {
 		qctx, cancel := context.WithTimeout(ctx, opTimeout)
 		rows, err = r.store.Oldest(qctx, r.cfg.BatchSize)
@@ -304,6 +424,11 @@ func (r *Relay) drain(ctx context.Context, session string, first []outbox.Row) e
 	for err == nil && len(rows) > 0 {
 		if fromOutbox {
 			r.read(rows)
+			if backlog += len(rows); backlog >= wakeBacklog {
+				if err := r.wake(ctx); err != nil {
+					return err
+				}
+			}
 		}
 		var done outbox.Published
 		if done, err = r.publish(ctx, session, rows); err != nil {

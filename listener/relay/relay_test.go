@@ -49,7 +49,7 @@ func setup(t *testing.T) env {
 
 // newRelay builds a relay; its LISTEN connections are tracked so a test
 // can cut them.
-func newRelay(t *testing.T, e env, name string) (*relay.Relay, *connTracker) {
+func newRelay(t *testing.T, e env, name string, tune ...func(*relay.Config)) (*relay.Relay, *connTracker) {
 	t.Helper()
 	ctx := context.Background()
 	pool, err := connect.PostgresPool(ctx, "DATABASE_URL", e.pgURL)
@@ -70,8 +70,11 @@ func newRelay(t *testing.T, e env, name string) (*relay.Relay, *connTracker) {
 		return c, err
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil)).With("relay", name)
-	r := relay.New(relay.Config{BatchSize: 50, PollInterval: 100 * time.Millisecond, MaxEventBytes: 1 << 20, MaxBackoff: 200 * time.Millisecond},
-		dial, outbox.NewStore(pool), redisbus.NewPublisher(e.rdb, redisbus.HistoryLimits{Len: 10000, TTL: time.Hour}), log)
+	rcfg := relay.Config{BatchSize: 50, PollInterval: 100 * time.Millisecond, MaxEventBytes: 1 << 20, MaxBackoff: 200 * time.Millisecond}
+	for _, f := range tune {
+		f(&rcfg)
+	}
+	r := relay.New(rcfg, dial, outbox.NewStore(pool), redisbus.NewPublisher(e.rdb, redisbus.HistoryLimits{Len: 10000, TTL: time.Hour}), log)
 	return r, tr
 }
 
@@ -292,4 +295,132 @@ func TestNotifiedRowsArePublishedOnceInCommitOrder(t *testing.T) {
 	if fmt.Sprint(order) != "[b c a]" {
 		t.Errorf("first events %v, want commit order [b c a]", order)
 	}
+}
+
+// Bursts from many writers: the relay tells writers to stop notifying while
+// it drains and to notify again before it sleeps, and no row waits for the
+// safety poll (set far beyond the test's deadline), however the writers'
+// commits interleave with the relay going to sleep.
+func TestBurstsSkipWakeUpsAndLoseNone(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e := setup(t)
+	r, _ := newRelay(t, e, "only", func(c *relay.Config) { c.PollInterval = 10 * time.Minute })
+	go r.Run(ctx)
+	<-r.Ready()
+	listen, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listen.Close(ctx)
+	exec(ctx, t, listen, "LISTEN rowcast")
+	db, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	const writers, rounds, perWriter = 8, 6, 150
+	conns := make([]*pgx.Conn, writers)
+	for i := range conns {
+		if conns[i], err = pgx.Connect(ctx, e.pgURL); err != nil {
+			t.Fatal(err)
+		}
+		defer conns[i].Close(ctx)
+	}
+	state := func() int64 {
+		var v int64
+		if err := db.QueryRow(ctx, `SELECT last_value FROM rowcast.capture_state`).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	total := 0
+	for round := range rounds {
+		var wg sync.WaitGroup
+		for w, conn := range conns {
+			wg.Go(func() {
+				for i := range perWriter {
+					if _, err := conn.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('burst', 'x', $1)`,
+						fmt.Sprint(round, "-", w, "-", i)); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		total += writers * perWriter
+		waitFor(ctx, t, fmt.Sprintf("round %d published", round), func() bool { return historyLen(ctx, t, e.rdb, "burst") == int64(total) })
+		// Idle again: the relay went back to sleep on LISTEN.
+		waitFor(ctx, t, "the relay to sleep", func() bool { return state() == 0 })
+	}
+	notified := 0
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		_, err := listen.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		notified++
+	}
+	t.Logf("%d rows, %d notifications", total, notified)
+	if notified >= total {
+		t.Errorf("%d notifications for %d rows: writers never skipped the wake-up while the relay drained", notified, total)
+	}
+	var left int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM rowcast.outbox`).Scan(&left); err != nil || left != 0 {
+		t.Errorf("%d rows left in the outbox (%v)", left, err)
+	}
+}
+
+// The race the sleep protocol closes: a writer read "draining" (so sent no
+// NOTIFY) and commits only after the relay told writers to notify again.
+// The relay waits for it before it trusts LISTEN, so its row goes out at
+// once, not at the safety poll (set far beyond the test's deadline).
+func TestWriterThatMissedTheSleepIsNotStranded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e := setup(t)
+	r, _ := newRelay(t, e, "only", func(c *relay.Config) { c.PollInterval = 10 * time.Minute })
+	go r.Run(ctx)
+	<-r.Ready()
+	db, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	writer, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close(ctx)
+	state := func() int64 {
+		var v int64
+		if err := db.QueryRow(ctx, `SELECT last_value FROM rowcast.capture_state`).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	// Writers believe the relay drains: the open transaction's row sends no
+	// wake-up, nor do the backlog rows below.
+	exec(ctx, t, db, `SELECT setval('rowcast.capture_state', 1, true)`)
+	tx, err := writer.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('late', 'x', 'missed the sleep')`); err != nil {
+		t.Fatal(err)
+	}
+	exec(ctx, t, db, `INSERT INTO chat_message (room, author, body) SELECT 'late', 'x', 'backlog ' || i FROM generate_series(1, 20) AS i`)
+	// One wake-up by hand: the relay drains the backlog, and goes to sleep
+	// with the writer still open.
+	exec(ctx, t, db, `NOTIFY rowcast`)
+	waitFor(ctx, t, "the backlog", func() bool { return historyLen(ctx, t, e.rdb, "late") == 20 })
+	waitFor(ctx, t, "the relay to tell writers to notify", func() bool { return state() == 0 })
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, "the row of the writer that missed the sleep", func() bool { return historyLen(ctx, t, e.rdb, "late") == 21 })
 }
