@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/rowcast/rowcast/internal/logging"
 	"github.com/rowcast/rowcast/listener/service"
 	"github.com/rowcast/rowcast/migrations"
@@ -39,6 +41,11 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 		case "migrate":
 			mctx, cancel := context.WithTimeout(ctx, time.Minute)
 			defer cancel()
+			if cfg.Capture == service.CaptureWAL {
+				if err := checkWAL(mctx, cfg.ListenDatabaseURL); err != nil {
+					return err
+				}
+			}
 			// Migrations take a session lock: use the direct connection, as
 			// a transaction-mode pooler would break it.
 			applied, err := migrations.Up(mctx, cfg.ListenDatabaseURL)
@@ -61,4 +68,15 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 	return m.Run(ctx)
+}
+
+// checkWAL refuses to prepare WAL capture on a server without
+// wal_level=logical.
+func checkWAL(ctx context.Context, url string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return fmt.Errorf("connect to LISTEN_DATABASE_URL (or DATABASE_URL): %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return service.CheckWAL(ctx, conn)
 }

@@ -16,6 +16,20 @@
 -- +goose Up
 CREATE SEQUENCE rowcast.capture_state MINVALUE 0 MAXVALUE 2 START 0 NO CYCLE;
 
+-- WAL mode streams the slot through pgoutput, which needs a publication; the
+-- messages need no table in it.
+CREATE PUBLICATION rowcast_wal;
+
+-- WAL mode's progress inside a transaction: the slot's confirmed position
+-- moves only at commits, so after a restart in the middle of a large
+-- transaction its messages come again, and the ones up to (commit_lsn,
+-- msg_lsn) were published already. Written with the room positions.
+CREATE TABLE rowcast.wal_progress (
+    slot       text   PRIMARY KEY,
+    commit_lsn bigint NOT NULL,
+    msg_lsn    bigint NOT NULL
+);
+
 -- +goose StatementBegin
 -- set_state() changes the capture state and returns a fence: a transaction
 -- id above every transaction that may have read the old state (a writer's
@@ -173,5 +187,7 @@ END;
 $$;
 -- +goose StatementEnd
 
+DROP TABLE rowcast.wal_progress;
+DROP PUBLICATION rowcast_wal;
 DROP FUNCTION rowcast.set_state(bigint);
 DROP SEQUENCE rowcast.capture_state;

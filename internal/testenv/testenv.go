@@ -153,8 +153,9 @@ type Postgres struct {
 }
 
 // StartPostgres starts PostgreSQL with the superuser PostgresUser, password
-// PostgresPassword and database PostgresDB, waits until it answers SELECT 1
-// and registers its removal with t.Cleanup.
+// PostgresPassword and database PostgresDB and wal_level=logical (override
+// it with WithArgs("-c", "wal_level=replica")), waits until it answers
+// SELECT 1 and registers its removal with t.Cleanup.
 func StartPostgres(ctx context.Context, t testing.TB, opts ...Option) (*Postgres, error) {
 	t.Helper()
 	o := collect(opts)
@@ -175,9 +176,9 @@ func StartPostgres(ctx context.Context, t testing.TB, opts ...Option) (*Postgres
 			// Fast shutdown, like the official image's STOPSIGNAL.
 			testcontainers.WithConfigModifier(func(c *container.Config) { c.StopSignal = "SIGINT" }),
 		}, extra...)
-		if len(o.args) > 0 {
-			customizers = append(customizers, testcontainers.WithCmdArgs(o.args...))
-		}
+		// WAL capture needs logical decoding; later -c arguments override.
+		args := append([]string{"-c", "wal_level=logical"}, o.args...)
+		customizers = append(customizers, testcontainers.WithCmdArgs(args...))
 		c, err := postgres.Run(ctx, image, customizers...)
 		if c == nil {
 			return nil, err // a typed nil must not become a non-nil interface

@@ -33,3 +33,17 @@ func ParseNotification(payload string) (row Row, ok bool) {
 	}
 	return Row{ID: n.ID, Room: n.Room, Table: n.Table, Op: n.Op, Data: n.Data, CapturedAt: time.UnixMicro(n.AtUsec)}, true
 }
+
+// ParseMessage returns the row a WAL-mode capture message carries (the
+// notification's JSON without its id; see migration 00005), with id as its
+// ID. ok is false when content is not such a row.
+func ParseMessage(content []byte, id int64) (row Row, ok bool) {
+	var n notifiedRow
+	if err := json.Unmarshal(content, &n); err != nil {
+		return Row{}, false
+	}
+	if n.Room == "" || n.Table == "" || n.Op == "" || len(n.Data) == 0 {
+		return Row{}, false
+	}
+	return Row{ID: id, Room: n.Room, Table: n.Table, Op: n.Op, Data: n.Data, CapturedAt: time.UnixMicro(n.AtUsec)}, true
+}

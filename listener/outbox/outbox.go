@@ -4,6 +4,8 @@ package outbox
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -36,6 +38,23 @@ func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 type Published struct {
 	IDs       []int64
 	Positions map[realtime.Room]realtime.Position
+	// WAL, in WAL mode, is the last message published (IDs is empty there:
+	// nothing is in the outbox).
+	WAL *WALProgress
+}
+
+// WALProgress is the last message published in WAL mode: its transaction's
+// commit position and its own, as int64 LSNs.
+type WALProgress struct {
+	Slot   string
+	Commit int64
+	LSN    int64
+}
+
+// Covers reports whether the message at lsn, of the transaction that
+// commits at commit, was published: it is not after p in commit order.
+func (p WALProgress) Covers(commit, lsn int64) bool {
+	return commit < p.Commit || (commit == p.Commit && lsn <= p.LSN)
 }
 
 const selectOldest = `
@@ -166,6 +185,10 @@ func queueRecord(b *pgx.Batch, p Published) {
 	if len(p.IDs) > 0 {
 		b.Queue(deleteIDs, p.IDs)
 	}
+	if w := p.WAL; w != nil {
+		b.Queue(`INSERT INTO rowcast.wal_progress (slot, commit_lsn, msg_lsn) VALUES ($1, $2, $3)
+			ON CONFLICT (slot) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, msg_lsn = EXCLUDED.msg_lsn`, w.Slot, w.Commit, w.LSN)
+	}
 	if len(p.Positions) == 0 {
 		return
 	}
@@ -285,4 +308,68 @@ func (s *Store) Settled(ctx context.Context, fence int64) (bool, error) {
 		return false, fmt.Errorf("wait for transactions below %d: %w", fence, err)
 	}
 	return ok, nil
+}
+
+// Progress returns the last message recorded as published from slot (zero
+// when none is).
+func (s *Store) Progress(ctx context.Context, slot string) (WALProgress, error) {
+	p := WALProgress{Slot: slot}
+	err := s.pool.QueryRow(ctx, `SELECT commit_lsn, msg_lsn FROM rowcast.wal_progress WHERE slot = $1`, slot).Scan(&p.Commit, &p.LSN)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return p, nil
+	}
+	if err != nil {
+		return p, fmt.Errorf("read wal progress of slot %s: %w", slot, err)
+	}
+	return p, nil
+}
+
+// ForgetProgress removes slot's progress: a slot created anew starts
+// positions that have nothing to do with the old one's.
+func (s *Store) ForgetProgress(ctx context.Context, slot string) error {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM rowcast.wal_progress WHERE slot = $1`, slot); err != nil {
+		return fmt.Errorf("forget wal progress of slot %s: %w", slot, err)
+	}
+	return nil
+}
+
+// RejectRows stores rows that can never be published, which are not in the
+// outbox (WAL mode), in rowcast.rejected with the reason.
+func (s *Store) RejectRows(ctx context.Context, rows []Row, reason string) error {
+	b := &pgx.Batch{}
+	for _, r := range rows {
+		b.Queue(`INSERT INTO rowcast.rejected (id, room, table_name, op, row_data, captured_at, reason)
+			VALUES ($1, $2, $3, $4, coalesce($5::text::jsonb, 'null'), $6, $7)`,
+			r.ID, r.Room, r.Table, r.Op, validJSON(r.Data), r.CapturedAt, reason)
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("reject %d rows: %w", len(rows), err)
+	}
+	return nil
+}
+
+// validJSON returns data when it is JSON, else data as a JSON string, so a
+// rejected row is stored whatever it holds.
+func validJSON(data []byte) string {
+	if json.Valid(data) {
+		return string(data)
+	}
+	b, _ := json.Marshal(string(data))
+	return string(b)
+}
+
+// LostEpoch is the epoch recorded for rooms whose changes were lost before
+// they reached Redis (an invalidated replication slot): it matches no epoch
+// Redis holds, so each room's next publish starts a new epoch and its
+// clients are told to reset.
+const LostEpoch = "lost"
+
+// LoseAll records that changes of every room may have been lost, and
+// returns how many rooms it marked.
+func (s *Store) LoseAll(ctx context.Context) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE rowcast.room_position SET epoch = $1, updated_at = now()`, LostEpoch)
+	if err != nil {
+		return 0, fmt.Errorf("mark every room's history lost: %w", err)
+	}
+	return tag.RowsAffected(), nil
 }

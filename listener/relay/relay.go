@@ -76,6 +76,8 @@ type Relay struct {
 	readyOnce sync.Once
 	ready     chan struct{}
 	published atomic.Int64
+
+	wal *walCapture // set by CaptureWAL: the leader reads a replication slot instead of the outbox
 }
 
 // New returns a Relay. connect opens the direct (not pooled through
@@ -133,8 +135,7 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 	r.recent, r.maxRead = newIDSet(recentIDs), 0
 	// A leader that died while draining left writers silent: the first
 	// drain ends with the sleep that wakes them up again.
-	r.awake, r.fence = true, 0
-	r.log.Info("leading: relaying outbox to redis", "session", session)
+	r.awake, r.fence = r.wal == nil, 0
 	// Releasing matters when the process stays up (a standby takes over at
 	// once); closing the connection releases it too.
 	defer func() {
@@ -145,7 +146,17 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 		defer cancel()
 		_, _ = conn.Exec(rctx, "SELECT pg_advisory_unlock($1)", LockKey)
 	}()
+	if r.wal != nil {
+		return r.relayWAL(ctx, conn, session)
+	}
+	return r.relayOutbox(ctx, conn, session)
+}
 
+// relayOutbox is the leader's work in NOTIFY mode: LISTEN, drain the
+// outbox, then drain on every wake-up until the connection fails or ctx
+// ends.
+func (r *Relay) relayOutbox(ctx context.Context, conn *pgx.Conn, session string) error {
+	r.log.Info("leading: relaying outbox to redis", "session", session)
 	if _, err := conn.Exec(ctx, "LISTEN "+Channel); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
@@ -391,8 +402,7 @@ func (r *Relay) wake(ctx context.Context) error {
 	return nil
 }
 
-// checkNotifyMode refuses to relay a database that captures into the WAL:
-// its changes wait in a replication slot only a WAL-mode listener reads.
+// checkNotifyMode refuses to relay a database that captures into the WAL.
 func (r *Relay) checkNotifyMode(ctx context.Context) error {
 	qctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
@@ -400,6 +410,22 @@ func (r *Relay) checkNotifyMode(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return notifyModeError(st)
+}
+
+// CheckNotifyMode fails when the database at q captures in WAL mode: its
+// changes wait in a replication slot that only a WAL-mode listener reads.
+func CheckNotifyMode(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) error {
+	var st int64
+	if err := q.QueryRow(ctx, `SELECT last_value FROM rowcast.capture_state`).Scan(&st); err != nil {
+		return fmt.Errorf("read capture state: %w", err)
+	}
+	return notifyModeError(outbox.CaptureState(st))
+}
+
+func notifyModeError(st outbox.CaptureState) error {
 	if st == outbox.WALMode {
 		return errors.New("the database captures in WAL mode (a listener ran with ROWCAST_CAPTURE=wal): run this one with ROWCAST_CAPTURE=wal too")
 	}
@@ -424,14 +450,14 @@ func (r *Relay) drainOutbox(ctx context.Context, session string, first []outbox.
 	for err == nil && len(rows) > 0 {
 		if fromOutbox {
 			r.read(rows)
-			if backlog += len(rows); backlog >= wakeBacklog {
+			if backlog += len(rows); backlog >= wakeBacklog && r.wal == nil {
 				if err := r.wake(ctx); err != nil {
 					return err
 				}
 			}
 		}
 		var done outbox.Published
-		if done, err = r.publish(ctx, session, rows); err != nil {
+		if done, err = r.publish(ctx, session, rows, true); err != nil {
 			return err
 		}
 		for room, pos := range done.Positions {
@@ -521,7 +547,7 @@ type stuckRoom struct {
 // while others' succeed are kept in r.stuck and sent again with the next
 // batch, so one unreachable Cluster master does not hold back every room;
 // when no room gets through, the same events are retried with backoff.
-func (r *Relay) publish(ctx context.Context, session string, rows []outbox.Row) (outbox.Published, error) {
+func (r *Relay) publish(ctx context.Context, session string, rows []outbox.Row, inOutbox bool) (outbox.Published, error) {
 	events := make([]redisbus.Event, 0, len(rows))
 	ids := map[realtime.Room][]int64{}
 	fresh := map[realtime.Room]bool{}
@@ -529,12 +555,12 @@ func (r *Relay) publish(ctx context.Context, session string, rows []outbox.Row) 
 		events = append(events, st.events...)
 		ids[room] = st.ids
 	}
-	var rejected []int64
+	var rejected []outbox.Row
 	for _, row := range rows {
 		ev, err := encode(row, r.cfg.MaxEventBytes)
 		if err != nil {
-			r.log.Warn("rejecting outbox row", "id", row.ID, "err", err)
-			rejected = append(rejected, row.ID)
+			r.log.Warn("rejecting captured row", "id", row.ID, "err", err)
+			rejected = append(rejected, row)
 			continue
 		}
 		if _, stuck := r.stuck[ev.Room]; stuck {
@@ -546,7 +572,7 @@ func (r *Relay) publish(ctx context.Context, session string, rows []outbox.Row) 
 	}
 	if len(rejected) > 0 {
 		rctx, cancel := context.WithTimeout(ctx, opTimeout)
-		err := r.store.Reject(rctx, rejected, "invalid room name")
+		err := r.reject(rctx, rejected, inOutbox, "invalid room name")
 		cancel()
 		if err != nil {
 			return outbox.Published{}, err
@@ -629,6 +655,18 @@ func (r *Relay) publish(ctx context.Context, session string, rows []outbox.Row) 
 		r.OnBatch(rep)
 	}
 	return done, nil
+}
+
+// reject moves rows that can never be published to rowcast.rejected.
+func (r *Relay) reject(ctx context.Context, rows []outbox.Row, inOutbox bool, reason string) error {
+	if !inOutbox {
+		return r.store.RejectRows(ctx, rows, reason)
+	}
+	ids := make([]int64, len(rows))
+	for i, row := range rows {
+		ids[i] = row.ID
+	}
+	return r.store.Reject(ctx, ids, reason)
 }
 
 // BatchReport describes one batch Redis accepted.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"log/slog"
 	"sync"
 	"testing"
@@ -26,13 +27,13 @@ type env struct {
 	rdb   redis.UniversalClient
 }
 
-func setup(t *testing.T) env {
+func setup(t *testing.T, opts ...testenv.StackOption) env {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs Docker (run without -short)")
 	}
 	ctx := context.Background()
-	s, err := testenv.StartStack(ctx, t)
+	s, err := testenv.StartStack(ctx, t, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,7 @@ func newRelay(t *testing.T, e env, name string, tune ...func(*relay.Config)) (*r
 		}
 		return c, err
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil)).With("relay", name)
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil)).With("relay", name)
 	rcfg := relay.Config{BatchSize: 50, PollInterval: 100 * time.Millisecond, MaxEventBytes: 1 << 20, MaxBackoff: 200 * time.Millisecond}
 	for _, f := range tune {
 		f(&rcfg)
@@ -423,4 +424,11 @@ func TestWriterThatMissedTheSleepIsNotStranded(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(ctx, t, "the row of the writer that missed the sleep", func() bool { return historyLen(ctx, t, e.rdb, "late") == 21 })
+}
+
+func testLogWriter() io.Writer {
+	if os.Getenv("ROWCAST_TEST_LOG") != "" {
+		return os.Stderr
+	}
+	return io.Discard
 }

@@ -10,10 +10,11 @@ import (
 	"github.com/rowcast/rowcast/internal/metrics"
 	"github.com/rowcast/rowcast/listener/outbox"
 	"github.com/rowcast/rowcast/listener/relay"
+	"github.com/rowcast/rowcast/listener/walslot"
 )
 
 // newRegistry builds the listener's metrics on a registry of its own.
-func newRegistry(rel *relay.Relay, store *outbox.Store) *prometheus.Registry {
+func newRegistry(rel *relay.Relay, store *outbox.Store, q walslot.Querier) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	batch := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "rowcast_listener_batch_size", Help: "Events per batch published to Redis.",
@@ -36,6 +37,9 @@ func newRegistry(rel *relay.Relay, store *outbox.Store) *prometheus.Registry {
 			latency.Observe(now.Sub(at).Seconds())
 		}
 	}
+	if slot := rel.WALSlot(); slot != "" {
+		reg.MustRegister(slotCollector{q: q, slot: slot})
+	}
 	reg.MustRegister(batch, newEpochs, latency,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "rowcast_listener_published_total", Help: "Events published to Redis (repeats excluded)."},
 			func() float64 { return float64(rel.Published()) }),
@@ -47,6 +51,9 @@ func newRegistry(rel *relay.Relay, store *outbox.Store) *prometheus.Registry {
 				return 0
 			}),
 		outboxCollector{store: store},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "rowcast_listener_slot_invalidations_total",
+			Help: "Times the WAL-mode replication slot was found invalidated: changes were lost and every room's clients were told to reset. Alarm on any increase."},
+			func() float64 { return float64(rel.SlotInvalidations()) }),
 		metrics.GoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
 }
@@ -75,4 +82,35 @@ func (c outboxCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(depthDesc, prometheus.GaugeValue, float64(n))
 	ch <- prometheus.MustNewConstMetric(oldestDesc, prometheus.GaugeValue, age)
+}
+
+var (
+	retainedDesc = prometheus.NewDesc("rowcast_listener_slot_retained_wal_bytes",
+		"WAL the replication slot holds back (WAL mode). Alarm when it nears max_slot_wal_keep_size: past it the slot is invalidated.", nil, nil)
+	slotLostDesc = prometheus.NewDesc("rowcast_listener_slot_lost",
+		"1 when the replication slot's wal_status is lost or unreserved (its changes are or may be gone).", nil, nil)
+)
+
+// slotCollector reads the slot's retained WAL with one query per scrape.
+type slotCollector struct {
+	q    walslot.Querier
+	slot string
+}
+
+func (c slotCollector) Describe(ch chan<- *prometheus.Desc) { ch <- retainedDesc; ch <- slotLostDesc }
+
+func (c slotCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	n, status, err := walslot.Retained(ctx, c.q, c.slot)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(retainedDesc, err)
+		return
+	}
+	lost := 0.0
+	if status == "lost" || status == "unreserved" {
+		lost = 1
+	}
+	ch <- prometheus.MustNewConstMetric(retainedDesc, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(slotLostDesc, prometheus.GaugeValue, lost)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/rowcast/rowcast/internal/env"
 	"github.com/rowcast/rowcast/listener/outbox"
 	"github.com/rowcast/rowcast/listener/relay"
+	"github.com/rowcast/rowcast/listener/walslot"
 	"github.com/rowcast/rowcast/migrations"
 	"github.com/rowcast/rowcast/realtime/redisbus"
 )
@@ -32,8 +33,12 @@ type Config struct {
 	RedisURL          string
 	RedisAddrMap      map[string]string // REDIS_ADDRESS_MAP: Redis-announced address -> address to dial
 	HealthAddr        string
-	Relay             relay.Config
-	History           redisbus.HistoryLimits
+	// Capture is "notify" (outbox + NOTIFY, the default) or "wal" (logical
+	// decoding messages read from the replication slot WALSlot).
+	Capture string
+	WALSlot string
+	Relay   relay.Config
+	History redisbus.HistoryLimits
 }
 
 // ConfigFromEnv reads the configuration; the error names every bad setting.
@@ -43,6 +48,8 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 		DatabaseURL: r.URL("DATABASE_URL", "", "postgres", "postgresql"),
 		RedisURL:    connect.RedisURLFromEnv(r),
 		HealthAddr:  r.String("HEALTH_ADDR", ":8081"),
+		Capture:     r.String("ROWCAST_CAPTURE", CaptureNotify),
+		WALSlot:     r.String("ROWCAST_WAL_SLOT", "rowcast"),
 		Relay: relay.Config{
 			BatchSize:     r.Int("ROWCAST_BATCH_SIZE", 500, 1, 10000),
 			PollInterval:  r.Duration("ROWCAST_POLL_INTERVAL", 2*time.Second, 10*time.Millisecond, time.Minute),
@@ -56,7 +63,32 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	}
 	c.RedisAddrMap = connect.RedisAddrMapFromEnv(r)
 	c.ListenDatabaseURL = r.URL("LISTEN_DATABASE_URL", c.DatabaseURL, "postgres", "postgresql")
+	if c.Capture != CaptureNotify && c.Capture != CaptureWAL {
+		r.Fail("ROWCAST_CAPTURE", "%q: want %s or %s", c.Capture, CaptureNotify, CaptureWAL)
+	}
+	if !validSlotName(c.WALSlot) {
+		r.Fail("ROWCAST_WAL_SLOT", "%q: want 1-63 lower-case letters, digits or underscores", c.WALSlot)
+	}
 	return c, r.Err()
+}
+
+// The capture modes ROWCAST_CAPTURE takes.
+const (
+	CaptureNotify = "notify"
+	CaptureWAL    = "wal"
+)
+
+// validSlotName is Postgres's rule for replication slot names.
+func validSlotName(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // Main is one listener process.
@@ -100,7 +132,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Main, error) {
 		cfg.Relay.ForgetAfter = 2 * cfg.History.TTL
 	}
 	rel := relay.New(cfg.Relay, connectListen, store, redisbus.NewPublisher(rdb, cfg.History), log)
-	return &Main{cfg: cfg, log: log, pool: pool, rdb: rdb, relay: rel, health: ln, reg: newRegistry(rel, store)}, nil
+	if cfg.Capture == CaptureWAL {
+		rel.CaptureWAL(listenCfg.Config.Copy(), cfg.WALSlot)
+	}
+	return &Main{cfg: cfg, log: log, pool: pool, rdb: rdb, relay: rel, health: ln, reg: newRegistry(rel, store, pool)}, nil
 }
 
 // HealthAddr returns the health server's bound address.
@@ -117,6 +152,17 @@ func (m *Main) CheckSchema(ctx context.Context) error {
 	}
 	if n > 0 {
 		return fmt.Errorf("database schema is %d migration(s) behind: run `listener migrate` first", n)
+	}
+	if m.cfg.Capture == CaptureWAL {
+		return CheckWAL(ctx, m.pool)
+	}
+	return nil
+}
+
+// CheckWAL fails unless the server can serve WAL capture, naming the fix.
+func CheckWAL(ctx context.Context, q walslot.Querier) error {
+	if err := walslot.CheckWALLevel(ctx, q); err != nil {
+		return fmt.Errorf("ROWCAST_CAPTURE=wal: %w", err)
 	}
 	return nil
 }
@@ -169,6 +215,9 @@ func (m *Main) healthHandler() http.Handler {
 		role := "standby"
 		if m.relay.Leader() {
 			role = "leader"
+		}
+		if m.cfg.Capture == CaptureWAL {
+			role += " wal"
 		}
 		fmt.Fprintf(w, "ok %s\n", role)
 	})

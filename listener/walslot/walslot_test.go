@@ -464,7 +464,7 @@ func TestCheckWALLevelReplica(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s := startServer(ctx, t)
+	s := startServer(ctx, t, "-c", "wal_level=replica")
 	err := walslot.CheckWALLevel(ctx, s.db)
 	want := `wal_level is "replica": WAL capture (ROWCAST_CAPTURE=wal) needs wal_level=logical (set it and restart Postgres)`
 	if err == nil || err.Error() != want {
