@@ -34,19 +34,26 @@ type rig struct {
 	base      string
 	subs      []*wire.Subscriber
 	appEnv    []string
+	mode      string   // capture mode: "notify" or "wal"
+	lenv      []string // every listener's extra environment
+	// extra holds rows a fault commits besides the inserter's, per room, in
+	// their commit order: each must reach every subscriber of its room once.
+	extra map[string][]string
 }
 
-// newRig starts the rig; redisArgs go to redis-server's command line (see
-// testenv.WithArgs).
-func newRig(ctx context.Context, t *testing.T, redisArgs []string, listenerEnv ...string) *rig {
+// newRig starts the rig in capture mode ("notify" or "wal"); redisArgs and
+// pgArgs go to the servers' command lines (see testenv.WithArgs).
+func newRig(ctx context.Context, t *testing.T, mode string, redisArgs, pgArgs []string, listenerEnv ...string) *rig {
 	t.Helper()
-	r := &rig{s: startStack(ctx, t, testenv.RedisOptions(testenv.WithArgs(redisArgs...))), appEnv: []string{"ROWCAST_REDIS_PROBE_INTERVAL=300ms", "ROWCAST_DRAIN_TIMEOUT=1s"}}
-	r.listeners = append(r.listeners, startListener(ctx, t, r.s, listenerEnv...))
-	standby := startProc(t, "listener-2", bins.listener, r.s.env(append([]string{"HEALTH_ADDR=127.0.0.1:0", "ROWCAST_POLL_INTERVAL=500ms"}, listenerEnv...)...))
-	if _, err := standby.WaitLog(ctx, "standing by"); err != nil {
-		t.Fatal(err)
+	r := &rig{
+		s:      startStack(ctx, t, testenv.RedisOptions(testenv.WithArgs(redisArgs...)), testenv.PostgresOptions(testenv.WithArgs(pgArgs...))),
+		appEnv: []string{"ROWCAST_REDIS_PROBE_INTERVAL=300ms", "ROWCAST_DRAIN_TIMEOUT=1s"},
+		mode:   mode,
+		lenv:   append([]string{"ROWCAST_CAPTURE=" + mode}, listenerEnv...),
+		extra:  map[string][]string{},
 	}
-	r.listeners = append(r.listeners, standby)
+	r.listeners = append(r.listeners, startListener(ctx, t, r.s, r.lenv...))
+	r.listeners = append(r.listeners, r.startStandby(ctx, t, "listener-2"))
 	r.appAddr = freeAddr(t)
 	r.app, r.base = startAppAt(ctx, t, r.s, r.appAddr, r.appEnv...)
 	for _, tr := range []wire.Transport{wire.WebSocket, wire.SSE} {
@@ -64,6 +71,71 @@ func newRig(ctx context.Context, t *testing.T, redisArgs []string, listenerEnv .
 		}
 	}
 	return r
+}
+
+// startStandby starts another listener and waits until it stands by.
+func (r *rig) startStandby(ctx context.Context, t *testing.T, name string) *proc.Process {
+	t.Helper()
+	p := startProc(t, name, bins.listener, r.s.env(append([]string{"HEALTH_ADDR=127.0.0.1:0", "ROWCAST_POLL_INTERVAL=500ms"}, r.lenv...)...))
+	if _, err := p.WaitLog(ctx, "standing by"); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// stopListeners stops every listener of the rig (SIGTERM).
+func (r *rig) stopListeners(t *testing.T) {
+	t.Helper()
+	for _, l := range r.listeners {
+		if err := l.Stop(syscall.SIGTERM); err != nil {
+			t.Fatalf("listener exit after SIGTERM: %v", err)
+		}
+	}
+	r.listeners = nil
+}
+
+// commitExtra commits rows of room in one transaction, given by a SELECT
+// of bodies, and notes them as rows every subscriber of room must get.
+func (r *rig) commitExtra(ctx context.Context, t *testing.T, conn *pgx.Conn, room, bodies string, args ...any) {
+	t.Helper()
+	rows, err := conn.Query(ctx, `INSERT INTO chat_message (room, author, body) SELECT $1, 'extra', b FROM (`+bodies+`) AS s(b) RETURNING body`,
+		append([]any{room}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("extra rows of %s: %v", room, err)
+	}
+	r.extra[room] = append(r.extra[room], got...)
+}
+
+// waitCaughtUp waits until the listener published every change committed
+// before the call, at most for within: in NOTIFY mode the outbox holds no
+// row of rooms matching the LIKE pattern; in WAL mode the slot's confirmed
+// position passed the WAL position of the call.
+func (r *rig) waitCaughtUp(ctx context.Context, db *pgx.Conn, rooms string, within time.Duration) error {
+	if r.mode != "wal" {
+		return waitOutboxHasNo(ctx, db, rooms, within)
+	}
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	var lsn string
+	if err := db.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+		return fmt.Errorf("wal position: %w", err)
+	}
+	for {
+		var done bool
+		err := db.QueryRow(ctx, `SELECT coalesce(bool_or(confirmed_flush_lsn >= $1::pg_lsn), false) FROM pg_replication_slots`, lsn).Scan(&done)
+		if err == nil && done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the slot did not pass %s within %s (%v)", lsn, within, err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // inserter commits rows at a steady pace, round robin over its rooms, until
@@ -202,6 +274,70 @@ func count(sub *wire.Subscriber, want map[string][]string) tally {
 	return tl
 }
 
+// countExtra tallies the extra rows of sub's rooms: each must be delivered,
+// in their commit order. Duplicates are counted by count, which sees every
+// event.
+func countExtra(sub *wire.Subscriber, extra map[string][]string) tally {
+	var tl tally
+	resets := sub.Resets()
+	got := map[string]bool{}
+	var order []string
+	for _, ev := range sub.Events() {
+		if b := wire.Body(ev); !got[b] {
+			got[b] = true
+			order = append(order, b)
+		}
+	}
+	for _, room := range sub.Rooms {
+		w := extra[room]
+		pos := make(map[string]int, len(w))
+		for i, b := range w {
+			pos[b] = i
+		}
+		tl.expected += len(w)
+		prev, delivered := -1, 0
+		for _, b := range order {
+			if i, ok := pos[b]; ok {
+				delivered++
+				if i < prev {
+					tl.outOfOrder++
+				}
+				prev = i
+			}
+		}
+		tl.delivered += delivered
+		if resets[room] == 0 {
+			tl.silent += len(w) - delivered
+		}
+	}
+	tl.lost = tl.expected - tl.delivered
+	return tl
+}
+
+func (tl *tally) add(o tally) {
+	tl.expected += o.expected
+	tl.delivered += o.delivered
+	tl.lost += o.lost
+	tl.dups += o.dups
+	tl.silent += o.silent
+	tl.outOfOrder += o.outOfOrder
+}
+
+// captureModes are the capture modes the fault table runs in.
+var captureModes = []string{"notify", "wal"}
+
+// connect opens a database connection for a fault, closed when the test
+// ends.
+func (r *rig) connect(ctx context.Context, t *testing.T) *pgx.Conn {
+	t.Helper()
+	db, err := pgx.Connect(ctx, r.s.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	return db
+}
+
 // waitProgress waits until every subscriber received n more events.
 func (r *rig) waitProgress(ctx context.Context, t *testing.T, n int, when string) {
 	t.Helper()
@@ -232,11 +368,11 @@ func (r *rig) progress(ctx context.Context, n int) error {
 // waitAll waits until every subscriber received the last committed row of
 // each of its rooms, which comes after every other (or the deadline passes;
 // the tally then shows what is missing).
-func (r *rig) waitAll(ctx context.Context, want map[string][]string) {
+func (r *rig) waitAll(ctx context.Context, want ...map[string][]string) {
 	ctx, cancel := context.WithTimeout(ctx, 45*time.Second)
 	defer cancel()
 	for _, sub := range r.subs {
-		for !hasLast(sub, want) {
+		for !hasLast(sub, want...) {
 			select {
 			case <-sub.Changed():
 			case <-ctx.Done():
@@ -246,11 +382,13 @@ func (r *rig) waitAll(ctx context.Context, want map[string][]string) {
 	}
 }
 
-func hasLast(sub *wire.Subscriber, want map[string][]string) bool {
+func hasLast(sub *wire.Subscriber, want ...map[string][]string) bool {
 	need := map[string]bool{}
 	for _, room := range sub.Rooms {
-		if w := want[room]; len(w) > 0 {
-			need[w[len(w)-1]] = true
+		for _, m := range want {
+			if w := m[room]; len(w) > 0 {
+				need[w[len(w)-1]] = true
+			}
 		}
 	}
 	for _, ev := range sub.Events() {
@@ -415,7 +553,7 @@ func (r *rig) evictRoomSeq(ctx context.Context, t *testing.T) {
 			SELECT 'pad-' || (g % 2), 'pad', repeat('x', $1) FROM generate_series(1, $2) g`, rowBytes, batchRows); err != nil {
 			t.Fatalf("padding rows: %v", err)
 		}
-		published := waitOutboxHasNo(ctx, db, "pad-%", 10*time.Second)
+		published := r.waitCaughtUp(ctx, db, "pad-%", 10*time.Second)
 		for drained := false; !drained; {
 			select {
 			case m := <-evicted:
@@ -500,7 +638,9 @@ func TestFaults(t *testing.T) {
 		name        string
 		mayReset    bool // history may be lost: then clients must be told
 		mustReset   bool // history is certainly lost: clients must be told
+		walOnly     bool // a fault of WAL mode alone
 		redisArgs   []string
+		pgArgs      []string
 		listenerEnv []string
 		inject      func(ctx context.Context, t *testing.T, r *rig)
 	}{
@@ -512,10 +652,7 @@ func TestFaults(t *testing.T) {
 			if _, err := r.listeners[1].WaitLog(ctx, "leading"); err != nil {
 				t.Fatal(err)
 			}
-			again := startProc(t, "listener-restarted", bins.listener, r.s.env("HEALTH_ADDR=127.0.0.1:0", "ROWCAST_POLL_INTERVAL=500ms"))
-			if _, err := again.WaitLog(ctx, "standing by"); err != nil {
-				t.Fatal(err)
-			}
+			r.listeners = append(r.listeners[1:], r.startStandby(ctx, t, "listener-restarted"))
 		}},
 		// Redis restarts empty: clients get reset (its epochs change), and
 		// the edge replays each new epoch from its start, so nothing is lost.
@@ -632,7 +769,13 @@ func TestFaults(t *testing.T) {
 					most = max(most, n)
 				}
 				upTo := waitFaultRows(ctx, t, db, stopped, most+50)
-				waitPublished(ctx, t, db, upTo)
+				if r.mode == "wal" {
+					if err := r.waitCaughtUp(ctx, db, "", 30*time.Second); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					waitPublished(ctx, t, db, upTo)
+				}
 				t.Logf("the snapshot lacks the rows after id %d (%v per room); published up to id %d before the app came back", saved, missing, upTo)
 				r.app, _ = startAppAt(ctx, t, r.s, r.appAddr, r.appEnv...)
 			}},
@@ -672,69 +815,143 @@ func TestFaults(t *testing.T) {
 			inject: func(ctx context.Context, t *testing.T, r *rig) {
 				r.evictRoomSeq(ctx, t)
 			}},
+		// Capture faults: rows beyond the inserter's steady stream.
+		{name: "late commit (early id, commits after later rows)", inject: func(ctx context.Context, t *testing.T, r *rig) {
+			db := r.connect(ctx, t)
+			tx, err := db.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(context.Background())
+			var body string
+			if err := tx.QueryRow(ctx, `INSERT INTO chat_message (room, author, body) VALUES ($1, 'extra', 'late-commit') RETURNING body`, faultRooms[0]).Scan(&body); err != nil {
+				t.Fatal(err)
+			}
+			_, top := faultRowsAfter(ctx, t, db, 0)
+			waitFaultRows(ctx, t, db, top, 100)
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r.extra[faultRooms[0]] = append(r.extra[faultRooms[0]], body)
+		}},
+		// History holds the whole transaction, so a client cut as slow by
+		// the burst resumes without loss.
+		{name: "a 50,000-row transaction", listenerEnv: []string{"ROWCAST_HISTORY_LEN=100000"},
+			inject: func(ctx context.Context, t *testing.T, r *rig) {
+				r.commitExtra(ctx, t, r.connect(ctx, t), faultRooms[0], `SELECT 'bulk-' || g FROM generate_series(1, 50000) AS g`)
+			}},
+		{name: "a 5 MB row", listenerEnv: []string{"ROWCAST_MAX_EVENT_BYTES=8388608"},
+			inject: func(ctx context.Context, t *testing.T, r *rig) {
+				r.commitExtra(ctx, t, r.connect(ctx, t), faultRooms[1], `SELECT 'big-' || repeat('x', 5 << 20)`)
+			}},
+		{name: "every listener down while writes go on", inject: func(ctx context.Context, t *testing.T, r *rig) {
+			db := r.connect(ctx, t)
+			r.stopListeners(t)
+			_, top := faultRowsAfter(ctx, t, db, 0)
+			waitFaultRows(ctx, t, db, top, 300)
+			r.listeners = append(r.listeners, startListener(ctx, t, r.s, r.lenv...), r.startStandby(ctx, t, "listener-back"))
+		}},
+		// The slot held back more WAL than max_slot_wal_keep_size while no
+		// listener read it: its changes are gone, and clients must be told.
+		{name: "replication slot invalidated", walOnly: true, mayReset: true, mustReset: true,
+			pgArgs: []string{"-c", "max_slot_wal_keep_size=1MB"},
+			inject: func(ctx context.Context, t *testing.T, r *rig) {
+				db := r.connect(ctx, t)
+				r.stopListeners(t)
+				_, top := faultRowsAfter(ctx, t, db, 0)
+				waitFaultRows(ctx, t, db, top, 50)
+				if _, err := db.Exec(ctx, `CREATE TABLE IF NOT EXISTS wal_padding (b text)`); err != nil {
+					t.Fatal(err)
+				}
+				for status := ""; status != "lost"; {
+					for _, q := range []string{`INSERT INTO wal_padding SELECT repeat('p', 1000) FROM generate_series(1, 1000)`,
+						`SELECT pg_switch_wal()`, `CHECKPOINT`} {
+						if _, err := db.Exec(ctx, q); err != nil {
+							t.Fatalf("%s: %v", q, err)
+						}
+					}
+					if err := db.QueryRow(ctx, `SELECT coalesce(wal_status, '') FROM pg_replication_slots`).Scan(&status); err != nil {
+						t.Fatal(err)
+					}
+				}
+				l := startListener(ctx, t, r.s, r.lenv...)
+				if _, err := l.WaitLog(ctx, "replication slot invalidated"); err != nil {
+					t.Fatal(err)
+				}
+				r.listeners = append(r.listeners, l)
+			}},
 	}
 
 	var (
 		mu    sync.Mutex
 		table []faultRow
 	)
-	for _, f := range faults {
-		t.Run(strings.ReplaceAll(f.name, " ", "_"), func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-			defer cancel()
-			r := newRig(ctx, t, f.redisArgs, f.listenerEnv...)
-			in := startInserter(ctx, r.s.pgURL, faultRooms...)
-			r.waitProgress(ctx, t, 20, "before the fault")
-			f.inject(ctx, t, r)
-			// A system that stopped delivering fails here, but the row still
-			// shows what was lost.
-			pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
-			err := r.progress(pctx, 20)
-			pcancel()
-			if err != nil {
-				t.Errorf("after the fault: %v", err)
+	for _, mode := range captureModes {
+		for _, f := range faults {
+			if f.walOnly && mode != "wal" {
+				continue
 			}
-			in.finish()
-			want := committed(ctx, t, r.s.pgURL)
-			if err == nil {
-				r.waitAll(ctx, want)
-			}
+			t.Run(mode+"/"+strings.ReplaceAll(f.name, " ", "_"), func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+				defer cancel()
+				r := newRig(ctx, t, mode, f.redisArgs, f.pgArgs, f.listenerEnv...)
+				in := startInserter(ctx, r.s.pgURL, faultRooms...)
+				r.waitProgress(ctx, t, 20, "before the fault")
+				f.inject(ctx, t, r)
+				// A system that stopped delivering fails here, but the row still
+				// shows what was lost.
+				pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
+				err := r.progress(pctx, 20)
+				pcancel()
+				if err != nil {
+					t.Errorf("after the fault: %v", err)
+				}
+				in.finish()
+				want := committed(ctx, t, r.s.pgURL)
+				if err == nil {
+					r.waitAll(ctx, want, r.extra)
+				}
 
-			row := faultRow{fault: f.name, rows: len(want[faultRooms[0]]) + len(want[faultRooms[1]])}
-			for _, sub := range r.subs {
-				tl := count(sub, want)
-				resets := 0
-				for _, n := range sub.Resets() {
-					resets += n
+				row := faultRow{fault: mode + ": " + f.name, rows: len(want[faultRooms[0]]) + len(want[faultRooms[1]])}
+				for _, extra := range r.extra {
+					row.rows += len(extra)
 				}
-				row.expected += tl.expected
-				row.delivered += tl.delivered
-				row.lost += tl.lost
-				row.dups += tl.dups
-				row.silent += tl.silent
-				row.resets += resets
-				switch {
-				case tl.silent > 0:
-					t.Errorf("%s subscriber %v silently lost %d of %d rows: no reset for their room (lost %d, resets %d, connections %s, controls %s)",
-						sub.Transport, sub.Rooms, tl.silent, tl.expected, tl.lost, resets, fmt.Sprintf("%d %q", sub.Connects(), sub.Ends()), describeControls(sub.Controls()))
-				case tl.lost > 0 && !(f.mayReset && resets > 0):
-					t.Errorf("%s subscriber %v lost %d of %d rows (resets %d, connections %s, controls %s)",
-						sub.Transport, sub.Rooms, tl.lost, tl.expected, resets, fmt.Sprintf("%d %q", sub.Connects(), sub.Ends()), describeControls(sub.Controls()))
+				for _, sub := range r.subs {
+					tl := count(sub, want)
+					tl.add(countExtra(sub, r.extra))
+					resets := 0
+					for _, n := range sub.Resets() {
+						resets += n
+					}
+					row.expected += tl.expected
+					row.delivered += tl.delivered
+					row.lost += tl.lost
+					row.dups += tl.dups
+					row.silent += tl.silent
+					row.resets += resets
+					switch {
+					case tl.silent > 0:
+						t.Errorf("%s subscriber %v silently lost %d of %d rows: no reset for their room (lost %d, resets %d, connections %s, controls %s)",
+							sub.Transport, sub.Rooms, tl.silent, tl.expected, tl.lost, resets, fmt.Sprintf("%d %q", sub.Connects(), sub.Ends()), describeControls(sub.Controls()))
+					case tl.lost > 0 && !(f.mayReset && resets > 0):
+						t.Errorf("%s subscriber %v lost %d of %d rows (resets %d, connections %s, controls %s)",
+							sub.Transport, sub.Rooms, tl.lost, tl.expected, resets, fmt.Sprintf("%d %q", sub.Connects(), sub.Ends()), describeControls(sub.Controls()))
+					}
+					if tl.dups > 0 {
+						t.Errorf("%s subscriber %v got %d duplicates", sub.Transport, sub.Rooms, tl.dups)
+					}
+					if tl.outOfOrder > 0 {
+						t.Errorf("%s subscriber %v got %d rows out of order", sub.Transport, sub.Rooms, tl.outOfOrder)
+					}
 				}
-				if tl.dups > 0 {
-					t.Errorf("%s subscriber %v got %d duplicates", sub.Transport, sub.Rooms, tl.dups)
+				if f.mustReset && row.resets < len(r.subs) {
+					t.Errorf("history was lost but only %d resets reached %d subscribers", row.resets, len(r.subs))
 				}
-				if tl.outOfOrder > 0 {
-					t.Errorf("%s subscriber %v got %d rows out of order", sub.Transport, sub.Rooms, tl.outOfOrder)
-				}
-			}
-			if f.mustReset && row.resets < len(r.subs) {
-				t.Errorf("history was lost but only %d resets reached %d subscribers", row.resets, len(r.subs))
-			}
-			mu.Lock()
-			table = append(table, row)
-			mu.Unlock()
-		})
+				mu.Lock()
+				table = append(table, row)
+				mu.Unlock()
+			})
+		}
 	}
 	for _, line := range strings.Split(strings.TrimRight(faultTable(table), "\n"), "\n") {
 		report(t, "%s", line)
@@ -743,9 +960,9 @@ func TestFaults(t *testing.T) {
 
 func faultTable(rows []faultRow) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-42s %6s %9s %9s %5s %5s %6s %6s\n", "fault", "rows", "expected", "delivered", "lost", "dups", "silent", "resets")
+	fmt.Fprintf(&b, "%-60s %6s %9s %9s %5s %5s %6s %6s\n", "fault", "rows", "expected", "delivered", "lost", "dups", "silent", "resets")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "%-42s %6d %9d %9d %5d %5d %6d %6d\n", r.fault, r.rows, r.expected, r.delivered, r.lost, r.dups, r.silent, r.resets)
+		fmt.Fprintf(&b, "%-60s %6d %9d %9d %5d %5d %6d %6d\n", r.fault, r.rows, r.expected, r.delivered, r.lost, r.dups, r.silent, r.resets)
 	}
 	return b.String()
 }
