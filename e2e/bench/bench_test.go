@@ -27,7 +27,7 @@ func TestSmoke(t *testing.T) {
 	}
 	for _, tr := range []transport{ws, sse} {
 		spec := loadSpec{name: "smoke", tr: tr, clients: 20, rooms: 5, rates: []float64{50}, dur: 3 * time.Second,
-			rowSize: 1024, connectRate: 200, workers: 4, drain: 10 * time.Second}
+			rowSize: 1024, connectRate: 200, workers: 4, drain: 10 * time.Second, mode: modeNotify}
 		rows, err := s.runLoad(ctx, spec, func(loadRow) {})
 		if err != nil {
 			t.Fatalf("%s: %v", tr, err)
@@ -45,6 +45,32 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s: %d event ids not rising within their room, %d unparsed", tr, r.reorder, r.foreign)
 		}
 	}
+	// W scaled down: 2 s of pgbench per row, one run; every row of the
+	// watched table must be published, in both capture modes.
+	t.Run("W", func(t *testing.T) {
+		if _, err := pgbenchPath(); err != nil {
+			t.Skip(err)
+		}
+		progressW = tWriter{t}
+		var rows []wRow
+		for _, mode := range []string{modePlain, modeNotify, modeWAL} {
+			row, err := s.runW(ctx, 1, mode, wSpec{dur: 2 * time.Second, drain: 10 * time.Second})
+			if err != nil {
+				t.Fatalf("W %s: %v", mode, err)
+			}
+			if row.tps <= 0 || row.rows == 0 || row.rows != row.txns {
+				t.Errorf("W %s: tps %.0f, %d rows in the table for %d transactions", mode, row.tps, row.rows, row.txns)
+			}
+			if mode != modePlain && (!row.pubOK || row.gap() != 0) {
+				t.Errorf("W %s: %s", mode, row.delivery())
+			}
+			rows = append(rows, row)
+		}
+		cells, _ := wTable(rows)
+		for _, c := range cells {
+			t.Logf("| %s |", strings.Join(c, " | "))
+		}
+	})
 }
 
 // tWriter sends progress lines to the test log.
@@ -111,7 +137,7 @@ func TestLoadGroupCells(t *testing.T) {
 		t.Error("send→recv must come before capture→recv")
 	}
 	short := groupLoad([]loadRow{row(1, time.Millisecond, 0)}, 3)[0].cells()
-	if got := short[2]; got != "1 of 3" {
+	if got := short[slices.Index(loadHeader, "runs")]; got != "1 of 3" {
 		t.Errorf("runs of a step reached once = %q", got)
 	}
 }

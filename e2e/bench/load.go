@@ -310,7 +310,9 @@ func diff(a, b snapshot) cpuDelta {
 type loadRow struct {
 	scenario      string
 	tr            transport
-	run           int // 1-based
+	mode          string // the listener's capture mode
+	sync          string // synchronous_commit of the inserting sessions, as printed
+	run           int    // 1-based
 	clients       int
 	rooms         int
 	rate          float64
@@ -334,6 +336,7 @@ type loadRow struct {
 	publish                                                          [2]bucketQuantile // capture → Redis accepted (listener) p50, p99
 	load                                                             string
 	note                                                             string
+	soak                                                             *soakFigures // soak only
 }
 
 func (r loadRow) perSecond() float64 {
@@ -350,12 +353,12 @@ func (r loadRow) ok() bool {
 
 // loadHeader heads the load table: send→recv first, the headline latency.
 var loadHeader = []string{
-	"scenario", "transport", "runs", "clients/rooms", "target ins/s", "achieved ins/s", "expected", "delivered", "missing", "dup",
+	"scenario", "transport", "capture", "sync commit", "runs", "clients/rooms", "target ins/s", "achieved ins/s", "expected", "delivered", "missing", "dup",
 	"closed", "send→recv p50 ms", "send→recv p90 ms", "send→recv p99 ms", "send→recv max ms",
 	"capture→recv p50 ms", "capture→recv p99 ms", "insert p50 ms", "insert p99 ms",
 	"capture→publish p50 ms (interpolated)", "capture→publish p99 ms (interpolated)",
 	"capture→app p50 ms (interpolated)", "capture→app p99 ms (interpolated)",
-	"deliveries/s", "app CPU s", "app µs/delivery", "app peak RSS MiB", "listener CPU s", "listener peak RSS MiB",
+	"deliveries/s", "app CPU s", "app µs/delivery", "app peak RSS MiB", "listener CPU s", "listener CPU µs/row", "listener peak RSS MiB",
 	"redis CPU s", "postgres CPU s", "bench CPU s", "other CPU s", "load1",
 }
 
@@ -367,13 +370,13 @@ type loadGroup struct {
 	of   int // runs asked for (an S4 step may be reached by fewer)
 }
 
-// groupLoad groups rows by scenario (with its rate) and transport, in the
-// order they first appear.
+// groupLoad groups rows by scenario (with its rate), transport, capture
+// mode and synchronous_commit, in the order they first appear.
 func groupLoad(rows []loadRow, of int) []*loadGroup {
 	var out []*loadGroup
 	idx := map[string]*loadGroup{}
 	for _, r := range rows {
-		k := r.scenario + " " + string(r.tr)
+		k := r.scenario + " " + string(r.tr) + " " + r.mode + " " + r.sync
 		g := idx[k]
 		if g == nil {
 			g = &loadGroup{of: of}
@@ -439,7 +442,7 @@ func (g *loadGroup) cells() []string {
 		runs = fmt.Sprintf("%d of %d", len(g.runs), g.of)
 	}
 	return []string{
-		r0.scenario, string(r0.tr), runs,
+		r0.scenario, string(r0.tr), r0.mode, r0.sync, runs,
 		med(0, func(r loadRow) (float64, bool) { return float64(r.clients), true }) + "/" + strconv.Itoa(r0.rooms),
 		strconv.FormatFloat(r0.rate, 'f', 0, 64),
 		med(0, func(r loadRow) (float64, bool) { return r.ins.rate(), true }),
@@ -458,6 +461,9 @@ func (g *loadGroup) cells() []string {
 		}),
 		med(1, func(r loadRow) (float64, bool) { return float64(r.cpu.appHWM) / (1 << 20), r.cpu.appOK }),
 		cpu(func(r loadRow) (time.Duration, bool) { return r.cpu.lis, r.cpu.lisOK }),
+		med(1, func(r loadRow) (float64, bool) {
+			return float64(r.cpu.lis) / float64(time.Microsecond) / float64(r.ins.committed), r.cpu.lisOK && r.ins.committed > 0
+		}),
 		med(1, func(r loadRow) (float64, bool) { return float64(r.cpu.lisHWM) / (1 << 20), r.cpu.lisOK }),
 		cpu(func(r loadRow) (time.Duration, bool) { return r.cpu.redis, r.cpu.rOK }),
 		cpu(func(r loadRow) (time.Duration, bool) { return r.cpu.pg, r.cpu.pgOK }),
@@ -509,7 +515,7 @@ func (g *loadGroup) notes() []string {
 		if r.note == "" {
 			continue
 		}
-		who := r.scenario + " " + string(r.tr)
+		who := r.scenario + " " + string(r.tr) + " " + r.mode + " sync=" + r.sync
 		if g.of > 1 {
 			who += fmt.Sprintf(" run %d", r.run)
 		}

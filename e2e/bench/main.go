@@ -91,15 +91,24 @@ type options struct {
 	profile     string
 	runs        int
 	stack       stackConfig
+	// modes are the listener's capture modes each row runs in (-capture);
+	// captureSet says -capture was given (W then runs only those).
+	modes      []string
+	captureSet bool
+	// syncs are the synchronous_commit settings of the inserting sessions
+	// (-synchronous-commit); none: per mode (see variants).
+	syncs []string
 }
 
 func main() {
 	var (
 		o                   options
 		scenario, tr, steps string
+		capture, syncCommit string
 		timeout             time.Duration
 	)
-	flag.StringVar(&scenario, "scenario", "S1", "S1, S2, S3, S4, L, a comma-separated list, or all")
+	flag.StringVar(&scenario, "scenario", "S1", "S1, S2, S3, S4, L, W, soak, a comma-separated list, or all (all but soak)")
+	flag.StringVar(&capture, "capture", modeNotify, "the listener's capture mode (ROWCAST_CAPTURE): notify, wal, or both (each row in both, interleaved); W runs plain, notify and wal unless this is given")
 	flag.StringVar(&tr, "transport", "ws", "ws, sse or both")
 	flag.DurationVar(&o.duration, "duration", 0, "override each scenario's duration (S4: per step; S3: how long connections are held)")
 	flag.IntVar(&o.clients, "clients", 0, "override the number of clients")
@@ -119,7 +128,8 @@ func main() {
 	flag.IntVar(&o.stack.appPID, "app-pid", 0, "PID of the -app process, for its CPU and memory")
 	flag.BoolVar(&o.stack.noListener, "no-listener", false, "a listener already runs against DATABASE_URL: do not start one (L is not run)")
 	flag.IntVar(&o.stack.listenPID, "listener-pid", 0, "PID of that listener, for its CPU and memory")
-	flag.StringVar(&o.stack.syncCommit, "synchronous-commit", "", "synchronous_commit for the bench's INSERT sessions, e.g. off to leave the disk's fsync out of the latency (default: the server's, on)")
+	flag.StringVar(&syncCommit, "synchronous-commit", "", "synchronous_commit of the bench's INSERT sessions, e.g. off to leave the disk's fsync out of the latency, or a comma-separated list (each row runs with each); "+
+		"default: the server's for NOTIFY rows and on for WAL rows (logical decoding streams only flushed WAL: with off a commit may wait for the WAL writer, 200 ms). W's pgbench sessions always use off")
 	flag.BoolVar(&o.stack.verbose, "v", false, "log container start-up")
 	flag.DurationVar(&timeout, "timeout", 0, "bound on the whole run (default 1h per run)")
 	flag.StringVar(&selfProfile, "cpuprofile", "", "write the bench's own CPU profile to this file")
@@ -145,10 +155,30 @@ func main() {
 		defer pprof.StopCPUProfile()
 	}
 
+	flag.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "capture":
+			o.captureSet = true
+		case "synchronous-commit":
+			if strings.TrimSpace(syncCommit) == "" {
+				syncCommit = "-" // given, but empty: the server's
+			}
+		}
+	})
 	var err error
 	if o.scenarios, err = parseScenarios(scenario); err == nil {
 		if o.transports, err = parseTransports(tr); err == nil {
-			o.steps, err = parseFloats(steps)
+			if o.steps, err = parseFloats(steps); err == nil {
+				if o.modes, err = parseCapture(capture); err == nil {
+					switch syncCommit {
+					case "":
+					case "-":
+						o.syncs = []string{""}
+					default:
+						o.syncs, err = parseSyncs(syncCommit)
+					}
+				}
+			}
 		}
 	}
 	if err != nil {
@@ -156,6 +186,7 @@ func main() {
 		os.Exit(2)
 	}
 	o.stack.dbConns = o.workers
+	o.stack.statStatements = slices.Contains(o.scenarios, "soak")
 	if timeout <= 0 {
 		timeout = time.Duration(max(o.runs, 1)) * time.Hour
 	}
@@ -166,6 +197,8 @@ func main() {
 		err = errors.New("-db-conns must be at least 1")
 	case o.stack.native && o.stack.appURL != "":
 		err = errors.New("-native starts its own servers; -app drives an app that uses other ones")
+	case o.stack.noListener && len(o.modes) > 1:
+		err = errors.New("-no-listener: the bench cannot switch a listener it did not start; -capture names that listener's mode")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -199,6 +232,8 @@ type results struct {
 	load     []loadRow
 	idle     []idleRow
 	listener []listenerRow
+	w        []wRow
+	soak     [][]loadRow // one soak run per entry, a row per minute
 	notRun   []string
 }
 
@@ -244,13 +279,16 @@ func run(ctx context.Context, tb testing.TB, o options) (*results, error) {
 	}
 	emit := func(r loadRow) {
 		c := (&loadGroup{runs: []loadRow{r}, of: 1}).cells()
-		c[2] = fmt.Sprintf("run %d/%d", r.run, o.runs)
+		c[slices.Index(loadHeader, "runs")] = fmt.Sprintf("run %d/%d", r.run, o.runs)
 		progress("| %s |", strings.Join(c, " | "))
 	}
-	what := func(sc string, tr transport, run int) string {
+	what := func(sc string, tr transport, mode string, run int) string {
 		w := sc
 		if tr != "" {
 			w += " " + string(tr)
+		}
+		if mode != "" {
+			w += " " + mode
 		}
 		if o.runs > 1 {
 			w += fmt.Sprintf(" run %d", run)
@@ -265,55 +303,87 @@ func run(ctx context.Context, tb testing.TB, o options) (*results, error) {
 				profile = o.profile
 			}
 			switch sc {
-			case "S1", "S2", "S4":
+			case "S1", "S2", "S4", "soak":
 				for _, tr := range o.transports {
-					if ctx.Err() != nil {
-						break
-					}
-					spec := loadSpec{name: sc, tr: tr, run: run, rowSize: o.rowSize, connectRate: o.connectRate, workers: o.workers, drain: o.drain}
-					switch sc {
-					case "S1":
-						spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 100), pick(o.rooms, 10), rate(200), dur(20*time.Second)
-						spec.profile = profile
-					case "S2":
-						spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 1000), pick(o.rooms, 10), rate(500), dur(20*time.Second)
-						spec.profile = profile
-					case "S4":
-						spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 1000), pick(o.rooms, 10), o.steps, dur(10*time.Second)
-						spec.stopAt = 50 * time.Millisecond
-					}
-					rows, err := s.runLoad(ctx, spec, emit)
-					res.load = append(res.load, rows...)
-					if err != nil {
-						fail(what(sc, tr, run), err)
+					for _, v := range o.variants() {
+						if ctx.Err() != nil {
+							break
+						}
+						spec := loadSpec{name: sc, tr: tr, run: run, rowSize: o.rowSize, connectRate: o.connectRate, workers: o.workers, drain: o.drain,
+							mode: v.mode, sync: v.sync}
+						switch sc {
+						case "S1":
+							spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 100), pick(o.rooms, 10), rate(200), dur(20*time.Second)
+							spec.profile = profile
+						case "S2":
+							spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 1000), pick(o.rooms, 10), rate(500), dur(20*time.Second)
+							spec.profile = profile
+						case "S4":
+							spec.clients, spec.rooms, spec.rates, spec.dur = pick(o.clients, 1000), pick(o.rooms, 10), o.steps, dur(10*time.Second)
+							spec.stopAt = 50 * time.Millisecond
+						case "soak":
+							s.soakSpec(&spec, pick(o.clients, 10), pick(o.rooms, 10), rate(1000)[0], dur(10*time.Minute))
+						}
+						rows, err := s.runLoad(ctx, spec, emit)
+						if sc == "soak" {
+							if len(rows) > 0 {
+								res.soak = append(res.soak, rows)
+							}
+						} else {
+							res.load = append(res.load, rows...)
+						}
+						if err != nil {
+							fail(what(sc, tr, v.mode, run), err)
+						}
 					}
 				}
 			case "S3":
 				for _, tr := range o.transports {
+					for _, mode := range o.modes {
+						if ctx.Err() != nil {
+							break
+						}
+						row, err := s.runIdle(ctx, run, tr, mode, pick(o.clients, 10000), pick(o.rooms, 10), o.connectRate, dur(10*time.Second), profile)
+						if err != nil {
+							fail(what("S3", tr, mode, run), err)
+							continue
+						}
+						row.run = run
+						progress("| %s |", strings.Join(row.cells(), " | "))
+						res.idle = append(res.idle, row)
+					}
+				}
+			case "L":
+				for _, mode := range o.modes {
 					if ctx.Err() != nil {
 						break
 					}
-					row, err := s.runIdle(ctx, run, tr, pick(o.clients, 10000), pick(o.rooms, 10), o.connectRate, dur(10*time.Second), profile)
+					row, err := s.runListener(ctx, run, mode, o.backlog, pick(o.rooms, 10), o.rowSize, profile)
 					if err != nil {
-						fail(what("S3", tr, run), err)
+						fail(what("L", "", mode, run), err)
 						continue
 					}
 					row.run = run
 					progress("| %s |", strings.Join(row.cells(), " | "))
-					res.idle = append(res.idle, row)
+					res.listener = append(res.listener, row)
 				}
-			case "L":
-				if ctx.Err() != nil {
-					break
+			case "W":
+				modes := o.wModes()
+				// The order rotates from run to run, so that no mode always
+				// follows the same one.
+				for i := range modes {
+					mode := modes[(i+run-1)%len(modes)]
+					if ctx.Err() != nil {
+						break
+					}
+					row, err := s.runW(ctx, run, mode, wSpec{dur: dur(10 * time.Second), drain: o.drain})
+					if err != nil {
+						fail(what("W", "", mode, run), err)
+						continue
+					}
+					progress("W %s run %d: %.0f tps, %s", mode, run, row.tps, row.delivery())
+					res.w = append(res.w, row)
 				}
-				row, err := s.runListener(ctx, run, o.backlog, pick(o.rooms, 10), o.rowSize, profile)
-				if err != nil {
-					fail(what("L", "", run), err)
-					continue
-				}
-				row.run = run
-				progress("| %s |", strings.Join(row.cells(), " | "))
-				res.listener = append(res.listener, row)
 			}
 		}
 	}
@@ -330,7 +400,7 @@ func (r *results) print(w io.Writer) {
 			fmt.Fprintf(w, "| %s |\n", strings.Join(c, " | "))
 		}
 	}
-	if r.runs > 1 && len(r.load)+len(r.idle)+len(r.listener) > 0 {
+	if r.runs > 1 && len(r.load)+len(r.idle)+len(r.listener)+len(r.w) > 0 {
 		fmt.Fprintf(w, "\nEach row: medians of %d interleaved runs; latency percentiles with their range (min–max) over the runs. "+
 			"expected, delivered, missing, dup, closed (and S3 failed, closed; L rejected) are totals over the runs, "+
 			"each run's count in parentheses when not 0.\n", r.runs)
@@ -351,37 +421,58 @@ func (r *results) print(w io.Writer) {
 		return ""
 	}
 	if len(r.idle) > 0 {
-		var order []transport
-		byTr := map[transport][][]string{}
+		// A line per transport and capture mode.
+		var order []string
+		by := map[string][][]string{}
 		for _, x := range r.idle {
-			if byTr[x.tr] == nil {
-				order = append(order, x.tr)
+			k := string(x.tr) + " " + x.mode
+			if by[k] == nil {
+				order = append(order, k)
 			}
-			byTr[x.tr] = append(byTr[x.tr], x.cells())
+			by[k] = append(by[k], x.cells())
 			if x.failed > 0 {
-				notes = append(notes, fmt.Sprintf("S3 %s%s: %d connections failed: %v", x.tr, runName(x.run), x.failed, x.firstErr))
+				notes = append(notes, fmt.Sprintf("S3 %s %s%s: %d connections failed: %v", x.tr, x.mode, runName(x.run), x.failed, x.firstErr))
 			}
 			if x.profileErr != nil {
-				notes = append(notes, fmt.Sprintf("S3 %s%s: heap profile: %v", x.tr, runName(x.run), x.profileErr))
+				notes = append(notes, fmt.Sprintf("S3 %s %s%s: heap profile: %v", x.tr, x.mode, runName(x.run), x.profileErr))
 			}
 		}
 		var rows [][]string
-		for _, tr := range order {
-			runs := byTr[tr]
-			rows = append(rows, slices.Insert(mergeCells(runs, idleSum, idleSpan), 2, strconv.Itoa(len(runs))))
+		for _, k := range order {
+			runs := by[k]
+			_, mode, _ := strings.Cut(k, " ")
+			rows = append(rows, slices.Insert(mergeCells(runs, idleSum, idleSpan), 2, mode, strconv.Itoa(len(runs))))
 		}
-		table(slices.Insert(slices.Clone(idleHeader), 2, "runs"), rows)
+		table(slices.Insert(slices.Clone(idleHeader), 2, "capture", "runs"), rows)
 	}
 	if len(r.listener) > 0 {
-		var runs [][]string
+		var order []string
+		by := map[string][][]string{}
 		for _, x := range r.listener {
-			runs = append(runs, x.cells())
+			if by[x.mode] == nil {
+				order = append(order, x.mode)
+			}
+			by[x.mode] = append(by[x.mode], x.cells())
 			if x.profileErr != nil {
-				notes = append(notes, fmt.Sprintf("L%s: profile: %v", runName(x.run), x.profileErr))
+				notes = append(notes, fmt.Sprintf("L %s%s: profile: %v", x.mode, runName(x.run), x.profileErr))
 			}
 		}
-		table(slices.Insert(slices.Clone(listenerHeader), 1, "runs"),
-			[][]string{slices.Insert(mergeCells(runs, listenerSum, listenerSpan), 1, strconv.Itoa(len(runs)))})
+		var rows [][]string
+		for _, mode := range order {
+			runs := by[mode]
+			rows = append(rows, slices.Insert(mergeCells(runs, listenerSum, listenerSpan), 1, mode, strconv.Itoa(len(runs))))
+		}
+		table(slices.Insert(slices.Clone(listenerHeader), 1, "capture", "runs"), rows)
+	}
+	if len(r.w) > 0 {
+		fmt.Fprintf(w, "\nW: pgbench -c %d -j %d, one single-row INSERT of about %d bytes per transaction, synchronous_commit=off. "+
+			"tps and the shares of plain are medians over the runs (a share is taken within each run), with their range.\n", wClients, wThreads, wRowSize)
+		rows, wnotes := wTable(r.w)
+		table(wHeader, rows)
+		notes = append(notes, wnotes...)
+	}
+	for _, run := range r.soak {
+		printSoak(w, table, run)
 	}
 	for _, n := range append(notes, r.notRun...) {
 		fmt.Fprintln(w, "- "+n)
@@ -389,15 +480,17 @@ func (r *results) print(w io.Writer) {
 }
 
 func parseScenarios(s string) ([]string, error) {
-	all := []string{"S1", "S2", "S3", "S4", "L"}
+	all := []string{"S1", "S2", "S3", "S4", "L", "W"}
 	if strings.EqualFold(s, "all") {
 		return all, nil
 	}
 	var out []string
 	for part := range strings.SplitSeq(s, ",") {
 		p := strings.ToUpper(strings.TrimSpace(part))
-		if !slices.Contains(all, p) {
-			return nil, fmt.Errorf("unknown scenario %q (want S1, S2, S3, S4, L or all)", part)
+		if p == "SOAK" {
+			p = "soak"
+		} else if !slices.Contains(all, p) {
+			return nil, fmt.Errorf("unknown scenario %q (want S1, S2, S3, S4, L, W, soak or all)", part)
 		}
 		out = append(out, p)
 	}

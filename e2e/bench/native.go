@@ -61,7 +61,11 @@ func (s *stack) startNative(ctx context.Context) error {
 		return err
 	}
 	progress("starting native Postgres 15 and Redis 7 in %s", dir)
-	pg, pgURL, err := startNativePostgres(ctx, dir, cred)
+	var extra []string
+	if s.cfg.statStatements {
+		extra = append(extra, "-c", "shared_preload_libraries=pg_stat_statements")
+	}
+	pg, pgURL, err := startNativePostgres(ctx, dir, cred, extra...)
 	if err != nil {
 		return err
 	}
@@ -204,9 +208,10 @@ func addrInUse(sv *nativeServer) bool {
 // startNativePostgres creates a cluster in dir/pg (superuser rowcast, trust
 // authentication on loopback, database rowcast, as the containers have) and
 // runs it on a free loopback port with its socket in dir. Settings:
-// synchronous_commit=off, fsync on, max_connections nativeMaxConns, the
-// rest Postgres's defaults.
-func startNativePostgres(ctx context.Context, dir string, cred *syscall.Credential) (*nativeServer, string, error) {
+// synchronous_commit=off, fsync on, max_connections nativeMaxConns,
+// wal_level=logical (WAL capture reads a logical replication slot; NOTIFY
+// mode does not mind), then extra, the rest Postgres's defaults.
+func startNativePostgres(ctx context.Context, dir string, cred *syscall.Credential, extra ...string) (*nativeServer, string, error) {
 	data := filepath.Join(dir, "pg")
 	// --no-sync spares only initdb's own final flush; the server runs with
 	// fsync on.
@@ -226,10 +231,11 @@ func startNativePostgres(ctx context.Context, dir string, cred *syscall.Credenti
 		_, port, _ := net.SplitHostPort(addr)
 		// SIGQUIT if the bench dies: an immediate shutdown that also ends
 		// the backends.
-		pg, err := startServer("postgres", dir, filepath.Join(dir, "postgres.log"), cred, syscall.SIGQUIT,
-			filepath.Join(pgBinDir, "postgres"), "-D", data, "-p", port, "-k", dir,
+		args := append([]string{"-D", data, "-p", port, "-k", dir,
 			"-c", "listen_addresses=127.0.0.1", "-c", "synchronous_commit=off", "-c", "fsync=on",
-			"-c", "max_connections="+strconv.Itoa(nativeMaxConns))
+			"-c", "max_connections=" + strconv.Itoa(nativeMaxConns), "-c", "wal_level=logical"}, extra...)
+		pg, err := startServer("postgres", dir, filepath.Join(dir, "postgres.log"), cred, syscall.SIGQUIT,
+			filepath.Join(pgBinDir, "postgres"), args...)
 		if err != nil {
 			return nil, "", err
 		}

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	process "github.com/rowcast/rowcast/e2e/proc"
 )
 
 // loadSpec is a load scenario: clients spread over rooms, rows inserted at
@@ -32,6 +34,13 @@ type loadSpec struct {
 	// profile, when set, saves a CPU profile of the app during the first
 	// phase into this directory.
 	profile string
+	// mode is the listener's capture mode; sync the synchronous_commit of
+	// the inserting sessions ("" = the server's).
+	mode, sync string
+	// phase, when set, is called as each phase starts; what it returns is
+	// called with the phase's row before the row is emitted (soak's
+	// per-minute figures).
+	phase func(ctx context.Context) func(*loadRow)
 }
 
 // runID names this process's rooms so runs never share a room's history.
@@ -56,10 +65,13 @@ func sourceAddrs(n int) int { return 1 + n/4000 }
 // row per phase. A fresh app and listener serve each scenario, so their
 // peak RSS is this scenario's.
 func (s *stack) runLoad(ctx context.Context, spec loadSpec, emit func(loadRow)) ([]loadRow, error) {
+	pool, err := s.insertPool(ctx, spec.sync)
+	if err != nil {
+		return nil, err
+	}
 	var lis *proc
 	if !s.cfg.noListener {
-		var err error
-		if lis, err = s.startListener(ctx); err != nil {
+		if lis, err = s.startListener(ctx, spec.mode); err != nil {
 			return nil, err
 		}
 		defer lis.stop()
@@ -74,8 +86,10 @@ func (s *stack) runLoad(ctx context.Context, spec loadSpec, emit func(loadRow)) 
 		lisPID = lis.pid()
 	}
 
-	rooms := roomNames(fmt.Sprintf("b%s%s%d-", spec.name, spec.tr, spec.run), spec.rooms)
-	progress("%s %s: connecting %d clients over %d rooms at %d/s", spec.name, spec.tr, spec.clients, spec.rooms, spec.connectRate)
+	// Rooms are never shared between runs or variants.
+	rooms := roomNames(fmt.Sprintf("b%s%s%d%s%s-", spec.name, spec.tr, spec.run, spec.mode, spec.sync), spec.rooms)
+	label := fmt.Sprintf("%s %s %s sync=%s", spec.name, spec.tr, spec.mode, s.syncLabel(spec.sync))
+	progress("%s: connecting %d clients over %d rooms at %d/s", label, spec.clients, spec.rooms, spec.connectRate)
 	f := connectFleet(ctx, newDialers(sourceAddrs(spec.clients)), spec.tr, a.base, spec.clients, rooms, spec.connectRate)
 	defer f.close()
 	if len(f.clients) == 0 {
@@ -86,22 +100,29 @@ func (s *stack) runLoad(ctx context.Context, spec loadSpec, emit func(loadRow)) 
 	}
 	progress("  %d connected in %s", len(f.clients), f.took.Round(time.Millisecond))
 
-	in := newInserter(s.db, rooms, spec.rowSize, spec.workers)
+	in := newInserter(pool, rooms, spec.rowSize, spec.workers)
 	var rows []loadRow
 	for i, rate := range spec.rates {
-		row := loadRow{scenario: spec.name, tr: spec.tr, run: max(spec.run, 1), clients: len(f.clients), rooms: spec.rooms, rate: rate,
-			dur: spec.dur, connectFailed: f.failed, connectErr: f.firstErr}
-		if len(spec.rates) > 1 {
+		row := loadRow{scenario: spec.name, tr: spec.tr, mode: spec.mode, sync: s.syncLabel(spec.sync), run: max(spec.run, 1),
+			clients: len(f.clients), rooms: spec.rooms, rate: rate, dur: spec.dur, connectFailed: f.failed, connectErr: f.firstErr}
+		switch {
+		case spec.phase != nil:
+			row.scenario = fmt.Sprintf("%s m%d", spec.name, i+1)
+		case len(spec.rates) > 1:
 			row.scenario = fmt.Sprintf("%s@%g", spec.name, rate)
 		}
-		progress("%s %s: inserting %g rows/s for %s", spec.name, spec.tr, rate, spec.dur)
+		var finish func(*loadRow)
+		if spec.phase != nil {
+			finish = spec.phase(ctx)
+		}
+		progress("%s: inserting %g rows/s for %s", label, rate, spec.dur)
 		var profDone chan error
 		if spec.profile != "" && i == 0 {
 			secsN := max(1, int((spec.dur - 2*time.Second).Seconds()))
 			targets := map[string]*proc{"app": a.proc, "listener": lis}
 			profDone = make(chan error, 2*len(targets))
 			for who, p := range targets {
-				base := filepath.Join(spec.profile, fmt.Sprintf("%s-%s-%s", who, spec.name, spec.tr))
+				base := filepath.Join(spec.profile, fmt.Sprintf("%s-%s-%s%s", who, spec.name, spec.tr, modeSuffix(spec.mode)))
 				go func() {
 					time.Sleep(time.Second)
 					profDone <- saveProfile(ctx, p, "/debug/pprof/profile?seconds="+strconv.Itoa(secsN), base+".cpu.pprof")
@@ -194,6 +215,9 @@ func (s *stack) runLoad(ctx context.Context, spec loadSpec, emit func(loadRow)) 
 				row.note = joinNote(row.note, "profile: "+err.Error())
 			}
 		}
+		if finish != nil {
+			finish(&row)
+		}
 		rows = append(rows, row)
 		emit(row)
 		if spec.stopAt > 0 && (row.latSend.p99 >= spec.stopAt || !row.ok()) {
@@ -207,6 +231,15 @@ func (s *stack) runLoad(ctx context.Context, spec loadSpec, emit func(loadRow)) 
 	return rows, nil
 }
 
+// modeSuffix tells profiles of WAL-mode rows apart (NOTIFY mode keeps the
+// names it always had).
+func modeSuffix(mode string) string {
+	if mode == modeWAL {
+		return "-wal"
+	}
+	return ""
+}
+
 func joinNote(a, b string) string {
 	if a == "" {
 		return b
@@ -218,6 +251,7 @@ func joinNote(a, b string) string {
 type idleRow struct {
 	run                int
 	tr                 transport
+	mode               string
 	clients, failed    int
 	firstErr           error
 	connectTook        time.Duration
@@ -252,12 +286,12 @@ func (r idleRow) cells() []string {
 
 // runIdle holds n idle connections and measures the app's memory per
 // connection: RSS delta / n, and the Go heap delta after a GC.
-func (s *stack) runIdle(ctx context.Context, run int, tr transport, n, nrooms, connectRate int, hold time.Duration, profile string) (idleRow, error) {
-	row := idleRow{tr: tr, hold: hold}
+func (s *stack) runIdle(ctx context.Context, run int, tr transport, mode string, n, nrooms, connectRate int, hold time.Duration, profile string) (idleRow, error) {
+	row := idleRow{tr: tr, mode: mode, hold: hold}
 	var lis *proc
 	if !s.cfg.noListener {
 		var err error
-		if lis, err = s.startListener(ctx); err != nil {
+		if lis, err = s.startListener(ctx, mode); err != nil {
 			return row, err
 		}
 		defer lis.stop()
@@ -273,8 +307,8 @@ func (s *stack) runIdle(ctx context.Context, run int, tr transport, n, nrooms, c
 	}
 	row.rss0 = procUsage(a.pid).rss
 
-	rooms := roomNames(fmt.Sprintf("bS3%s%d-", tr, run), nrooms)
-	progress("S3 %s: connecting %d idle clients at %d/s", tr, n, connectRate)
+	rooms := roomNames(fmt.Sprintf("bS3%s%d%s-", tr, run, mode), nrooms)
+	progress("S3 %s %s: connecting %d idle clients at %d/s", tr, mode, n, connectRate)
 	f := connectFleet(ctx, newDialers(sourceAddrs(n)), tr, a.base, n, rooms, connectRate)
 	defer f.close()
 	row.clients, row.failed, row.firstErr, row.connectTook = len(f.clients), f.failed, f.firstErr, f.took
@@ -294,7 +328,7 @@ func (s *stack) runIdle(ctx context.Context, run int, tr transport, n, nrooms, c
 		row.rss0 = 0
 	}
 	if profile != "" && a.proc != nil {
-		row.profileErr = saveProfile(ctx, a.proc, "/debug/pprof/heap", filepath.Join(profile, fmt.Sprintf("app-S3-%s.heap.pprof", tr)))
+		row.profileErr = saveProfile(ctx, a.proc, "/debug/pprof/heap", filepath.Join(profile, fmt.Sprintf("app-S3-%s%s.heap.pprof", tr, modeSuffix(mode))))
 	}
 	row.ended = f.ended()
 	row.load = loadavg()
@@ -304,7 +338,10 @@ func (s *stack) runIdle(ctx context.Context, run int, tr transport, n, nrooms, c
 // listenerRow is the L scenario: a backlog moved from the outbox to Redis.
 type listenerRow struct {
 	run            int
+	mode           string
 	backlog        int
+	backlogBytes   int64 // the backlog's size: the outbox table, or the WAL the slot holds
+	bytesOK        bool
 	rooms          int
 	insertTook     time.Duration
 	startToLead    time.Duration
@@ -323,9 +360,9 @@ type listenerRow struct {
 
 // Columns of listenerRow.cells that several runs add up, and those given
 // as a range (see mergeCells).
-var listenerSum, listenerSpan = []int{13}, []int{14}
+var listenerSum, listenerSpan = []int{14}, []int{15}
 
-var listenerHeader = []string{"scenario", "backlog rows", "rooms", "backlog insert s", "start→leading s", "drain s", "rows/s",
+var listenerHeader = []string{"scenario", "backlog rows", "rooms", "backlog MiB", "backlog insert s", "start→leading s", "drain s", "rows/s",
 	"listener CPU s", "listener µs/row", "listener peak RSS MiB", "redis CPU s", "postgres CPU s", "other CPU s", "rejected", "load1"}
 
 func (r listenerRow) rate() float64 {
@@ -340,18 +377,32 @@ func (r listenerRow) cells() []string {
 	if r.lisOK && r.backlog > 0 {
 		per = strconv.FormatFloat(float64(r.lisCPU)/float64(time.Microsecond)/float64(r.backlog), 'f', 2, 64)
 	}
-	return []string{"L", strconv.Itoa(r.backlog), strconv.Itoa(r.rooms), secs(r.insertTook, true), secs(r.startToLead, true),
+	size := "n/a"
+	if r.bytesOK {
+		size = mib(r.backlogBytes)
+	}
+	return []string{"L", strconv.Itoa(r.backlog), strconv.Itoa(r.rooms), size, secs(r.insertTook, true), secs(r.startToLead, true),
 		secs(r.drainTook, true), strconv.FormatFloat(r.rate(), 'f', 0, 64), secs(r.lisCPU, r.lisOK), per,
 		mibOK(r.lisHWM, r.lisOK), secs(r.redis, r.rOK), secs(r.pg, r.pgOK), r.others,
 		strconv.FormatInt(r.rejectedAfter-r.rejectedBefore, 10), r.load}
 }
 
 // runListener inserts a backlog with no listener running, starts one and
-// times it until the outbox is empty.
-func (s *stack) runListener(ctx context.Context, run, backlog, nrooms, rowSize int, profile string) (listenerRow, error) {
-	row := listenerRow{backlog: backlog, rooms: nrooms}
+// times it until the backlog is published: in NOTIFY mode until the outbox
+// is empty; in WAL mode, where the backlog waits in the slot (a WAL-mode
+// listener ran and stopped before the insert), until the listener's
+// published counter reaches the backlog.
+func (s *stack) runListener(ctx context.Context, run int, mode string, backlog, nrooms, rowSize int, profile string) (listenerRow, error) {
+	row := listenerRow{mode: mode, backlog: backlog, rooms: nrooms}
 	if s.cfg.noListener {
 		return row, errors.New("not run: the listener is not the bench's (-no-listener)")
+	}
+	if mode == modeWAL {
+		if err := s.armWAL(ctx); err != nil {
+			return row, fmt.Errorf("arm WAL capture: %w", err)
+		}
+	} else if err := s.prepareMode(ctx, mode); err != nil {
+		return row, err
 	}
 	var left int64
 	if err := s.db.QueryRow(ctx, `SELECT count(*) FROM rowcast.outbox`).Scan(&left); err != nil {
@@ -361,9 +412,9 @@ func (s *stack) runListener(ctx context.Context, run, backlog, nrooms, rowSize i
 		return row, fmt.Errorf("the outbox holds %d rows before the backlog: is another listener stopped or missing?", left)
 	}
 	_ = s.db.QueryRow(ctx, `SELECT count(*) FROM rowcast.rejected`).Scan(&row.rejectedBefore)
-	room := fmt.Sprintf("bL%d-%s", run, runID)
+	room := fmt.Sprintf("bL%d%s-%s", run, mode, runID)
 	bodyLen := max(40, rowSize-rowOverhead-len(room)-3)
-	progress("L: inserting a backlog of %d rows over %d rooms", backlog, nrooms)
+	progress("L %s: inserting a backlog of %d rows over %d rooms", mode, backlog, nrooms)
 	t0 := time.Now()
 	if _, err := s.db.Exec(ctx, `
 		INSERT INTO chat_message (room, author, body)
@@ -372,14 +423,25 @@ func (s *stack) runListener(ctx context.Context, run, backlog, nrooms, rowSize i
 		return row, fmt.Errorf("insert backlog: %w", err)
 	}
 	row.insertTook = time.Since(t0)
+	if mode == modeWAL {
+		row.bytesOK = s.db.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1`,
+			walSlot).Scan(&row.backlogBytes) == nil
+	} else {
+		row.bytesOK = s.db.QueryRow(ctx, `SELECT pg_total_relation_size('rowcast.outbox')`).Scan(&row.backlogBytes) == nil
+	}
 
 	before := s.snapshot(selfPID, 0)
-	progress("L: starting the listener")
-	start := time.Now()
-	p, err := s.startProc("listener", s.bins.listener, s.env("HEALTH_ADDR=127.0.0.1:0"))
+	progress("L %s: starting the listener", mode)
+	health, err := process.FreeAddr()
 	if err != nil {
 		return row, err
 	}
+	start := time.Now()
+	p, err := s.startProc("listener", s.bins.listener, s.env("HEALTH_ADDR="+health, "ROWCAST_CAPTURE="+mode))
+	if err != nil {
+		return row, err
+	}
+	p.metrics = "http://" + health
 	defer p.stop()
 	profDone := make(chan error, 1)
 	if profile != "" {
@@ -392,7 +454,7 @@ func (s *stack) runListener(ctx context.Context, run, backlog, nrooms, rowSize i
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
-			profDone <- saveProfile(ctx, p, "/debug/pprof/profile?seconds=5", filepath.Join(profile, "listener-L.cpu.pprof"))
+			profDone <- saveProfile(ctx, p, "/debug/pprof/profile?seconds=5", filepath.Join(profile, "listener-L"+modeSuffix(mode)+".cpu.pprof"))
 		}()
 	} else {
 		profDone <- nil
@@ -408,14 +470,17 @@ func (s *stack) runListener(ctx context.Context, run, backlog, nrooms, rowSize i
 	deadline := lead.Add(10 * time.Minute)
 	for {
 		var more bool
-		if err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM rowcast.outbox)`).Scan(&more); err != nil {
+		if mode == modeWAL {
+			n, _ := scrapeCounter(p.metrics, publishedMetric)
+			more = n < float64(backlog)
+		} else if err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM rowcast.outbox)`).Scan(&more); err != nil {
 			return row, err
 		}
 		if !more {
 			break
 		}
 		if time.Now().After(deadline) {
-			return row, errors.New("outbox not empty after 10 minutes")
+			return row, errors.New("backlog not published after 10 minutes")
 		}
 		select {
 		case <-ctx.Done():

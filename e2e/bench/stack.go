@@ -31,10 +31,12 @@ type stackConfig struct {
 	appPID     int    // its PID, for CPU and memory figures (0 = unknown)
 	noListener bool   // a listener already runs: do not start one
 	listenPID  int    // its PID (0 = unknown)
-	syncCommit string // synchronous_commit of the bench's inserting sessions ("" = the server's)
 	native     bool   // run Postgres and Redis as processes of this machine, not containers
 	dbConns    int    // connections the inserter holds (the pool allows a few more)
-	verbose    bool
+	// statStatements loads pg_stat_statements into the native Postgres
+	// (soak reads the listener's outbox query from it).
+	statStatements bool
+	verbose        bool
 }
 
 // stack is Postgres, Redis and the binaries: containers started through
@@ -49,11 +51,14 @@ type stack struct {
 	// the bench's): the containers' cgroups, or the native processes.
 	pgCPU, redisCPU func() (time.Duration, bool)
 	bins            struct{ dir, app, listener string }
-	db              *pgxpool.Pool
+	db              *pgxpool.Pool            // the server's synchronous_commit
+	pools           map[string]*pgxpool.Pool // inserting pools by synchronous_commit (see insertPool)
+	serverSync      string                   // the server's synchronous_commit
+	pgss            *bool                    // pg_stat_statements can be read (nil: not checked yet)
 }
 
 func startStack(ctx context.Context, tb testing.TB, cfg stackConfig) (*stack, error) {
-	s := &stack{cfg: cfg, tb: tb}
+	s := &stack{cfg: cfg, tb: tb, pools: map[string]*pgxpool.Pool{}}
 	if err := s.build(ctx); err != nil {
 		return nil, err
 	}
@@ -83,13 +88,15 @@ func startStack(ctx context.Context, tb testing.TB, cfg stackConfig) (*stack, er
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	pcfg.MaxConns = int32(max(16, cfg.dbConns+4))
-	if cfg.syncCommit != "" {
-		pcfg.ConnConfig.RuntimeParams["synchronous_commit"] = cfg.syncCommit
-	}
 	if s.db, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
 		return nil, fmt.Errorf("connect postgres: %w", err)
 	}
 	tb.Cleanup(s.db.Close)
+	var level string
+	if err := s.db.QueryRow(ctx, `SELECT current_setting('synchronous_commit'), current_setting('wal_level')`).Scan(&s.serverSync, &level); err != nil {
+		return nil, fmt.Errorf("read server settings: %w", err)
+	}
+	progress("Postgres: synchronous_commit=%s, wal_level=%s", s.serverSync, level)
 	return s, nil
 }
 
@@ -326,13 +333,20 @@ func saveProfile(ctx context.Context, p *proc, path, file string) error {
 	return os.WriteFile(file, buf.Bytes(), 0o644)
 }
 
-// startListener starts a listener and waits until it leads.
-func (s *stack) startListener(ctx context.Context) (*proc, error) {
+// startListener starts a listener in capture mode (notify or wal) and
+// waits until it leads and writers capture that way.
+func (s *stack) startListener(ctx context.Context, mode string) (*proc, error) {
+	if mode == "" {
+		mode = modeNotify
+	}
+	if err := s.prepareMode(ctx, mode); err != nil {
+		return nil, err
+	}
 	health, err := process.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.startProc("listener", s.bins.listener, s.env("HEALTH_ADDR="+health))
+	p, err := s.startProc("listener", s.bins.listener, s.env("HEALTH_ADDR="+health, "ROWCAST_CAPTURE="+mode))
 	if err != nil {
 		return nil, err
 	}
@@ -342,6 +356,10 @@ func (s *stack) startListener(ctx context.Context) (*proc, error) {
 	if err := p.waitLog(ctx, "leading"); err != nil {
 		p.stop()
 		return nil, err
+	}
+	if err := s.waitMode(ctx, mode); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("%w\n%s", err, p.Output())
 	}
 	return p, nil
 }
