@@ -197,3 +197,54 @@ func TestTreeCPUCoversSelf(t *testing.T) {
 		t.Error("treeCPU of a missing process is ok")
 	}
 }
+
+func TestVariants(t *testing.T) {
+	both, _ := parseCapture("both")
+	for _, tc := range []struct {
+		o    options
+		want []variant
+	}{
+		{options{modes: []string{modeNotify}}, []variant{{modeNotify, ""}}},
+		// WAL rows default to on: logical decoding streams only flushed WAL.
+		{options{modes: both}, []variant{{modeNotify, ""}, {modeWAL, "on"}}},
+		{options{modes: both, syncs: []string{"on"}}, []variant{{modeNotify, "on"}, {modeWAL, "on"}}},
+		{options{modes: []string{modeWAL}, syncs: []string{"off", "on"}}, []variant{{modeWAL, "off"}, {modeWAL, "on"}}},
+	} {
+		if got := tc.o.variants(); !slices.Equal(got, tc.want) {
+			t.Errorf("variants(%v, %v) = %v, want %v", tc.o.modes, tc.o.syncs, got, tc.want)
+		}
+	}
+	if got := (options{modes: []string{modeNotify}}).wModes(); !slices.Equal(got, []string{modePlain, modeNotify, modeWAL}) {
+		t.Errorf("W modes without -capture = %v", got)
+	}
+	if got := (options{modes: []string{modeWAL}, captureSet: true}).wModes(); !slices.Equal(got, []string{modePlain, modeWAL}) {
+		t.Errorf("W modes with -capture wal = %v", got)
+	}
+	if _, err := parseSyncs("on,sometimes"); err == nil {
+		t.Error("parseSyncs accepted a bad setting")
+	}
+}
+
+func TestWTableShares(t *testing.T) {
+	rows := []wRow{
+		{run: 1, mode: modePlain, tps: 1000, txns: 10000, rows: 10000},
+		{run: 1, mode: modeNotify, tps: 700, txns: 7000, rows: 7000, published: 7000, pubOK: true},
+		{run: 2, mode: modeNotify, tps: 500, txns: 5000, rows: 5000, published: 4990, pubOK: true},
+		{run: 2, mode: modePlain, tps: 500, txns: 5000, rows: 5000},
+	}
+	cells, _ := wTable(rows)
+	col := func(row int, name string) string { return cells[row][slices.Index(wHeader, name)] }
+	if len(cells) != 2 || col(1, "capture") != modeNotify {
+		t.Fatalf("rows %q", cells)
+	}
+	// Shares within each run: 70% and 100%, median 85%.
+	if got := col(1, "share of plain %"); got != "85.0 (70.0–100.0)" {
+		t.Errorf("share = %q", got)
+	}
+	if got := col(1, "target"); got != "≥ 65%: met" {
+		t.Errorf("target = %q", got)
+	}
+	if got := col(1, "delivered"); got != "gap 10 of 12000 (0+10)" {
+		t.Errorf("delivered = %q", got)
+	}
+}

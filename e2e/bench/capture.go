@@ -210,7 +210,7 @@ func (s *stack) armWAL(ctx context.Context) error {
 	if st == stateWAL && slots == 1 {
 		return nil
 	}
-	p, err := s.startListener(ctx, modeWAL)
+	p, err := s.startListenerNow(ctx, modeWAL)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,7 @@
 // By default it starts Postgres and Redis containers (internal/testenv);
 // with -native it runs Postgres 15 and Redis 7 from the Debian packages as
 // processes on loopback instead (no docker-proxy hop), Postgres with
-// synchronous_commit=off. It builds and runs the app and listener as child
+// synchronous_commit=off and wal_level=logical. It builds and runs the app and listener as child
 // processes. With DATABASE_URL and REDIS_URL set it uses those servers
 // instead; with -app it drives an app that is already running (and
 // -no-listener when a listener runs too).
@@ -19,7 +19,17 @@
 // S2 1,000 clients, 500 rows/s; S3 10,000 idle connections (memory per
 // connection); S4 1,000 clients while the rate steps up until the
 // send→recv p99 reaches 50 ms or anything is lost; L the listener alone
-// draining a backlog of 100,000 outbox rows.
+// draining a backlog of 100,000 rows (outbox rows, or in WAL mode messages
+// waiting in the slot); W the capture cost on the primary: pgbench's
+// single-row INSERT throughput into a plain table and into a watched one in
+// each capture mode, with a check that every row was published; soak 10
+// minutes at 1,000 rows/s with per-minute latency, outbox dead tuples and
+// the listener's outbox read time (not in all).
+//
+// -capture notify|wal|both runs the listener with that ROWCAST_CAPTURE;
+// both runs every row in both modes, interleaved. WAL rows insert with
+// synchronous_commit=on unless -synchronous-commit says otherwise: logical
+// decoding streams only flushed WAL.
 //
 // The publisher is shaped like an application: -db-conns connections (4),
 // each sending single-row INSERTs in autocommit, scheduled at the target
@@ -119,7 +129,7 @@ func main() {
 	flag.IntVar(&o.connectRate, "connect-rate", 1000, "new connections per second")
 	flag.IntVar(&o.workers, "db-conns", 4, "Postgres connections inserting rows, each sending single-row INSERTs in autocommit")
 	flag.IntVar(&o.runs, "runs", 1, "run each scenario row this many times, interleaved (S1 ws, S1 sse, S1 ws, ...), and print medians with their range")
-	flag.BoolVar(&o.stack.native, "native", false, "run Postgres 15 (synchronous_commit=off) and Redis 7 as local processes from the Debian packages postgresql-15 and redis-server, not containers")
+	flag.BoolVar(&o.stack.native, "native", false, "run Postgres 15 (synchronous_commit=off, wal_level=logical) and Redis 7 as local processes from the Debian packages postgresql-15 and redis-server, not containers")
 	flag.DurationVar(&o.drain, "drain", 10*time.Second, "after the last insert, wait this long without progress for missing events")
 	flag.IntVar(&o.backlog, "backlog", 100000, "L: outbox rows to drain")
 	flag.StringVar(&o.profile, "pprof", "", "directory for pprof profiles (first run): app and listener CPU profiles and 2 s execution traces during S1 and S2, app heap in S3, listener CPU in L")
@@ -130,6 +140,8 @@ func main() {
 	flag.IntVar(&o.stack.listenPID, "listener-pid", 0, "PID of that listener, for its CPU and memory")
 	flag.StringVar(&syncCommit, "synchronous-commit", "", "synchronous_commit of the bench's INSERT sessions, e.g. off to leave the disk's fsync out of the latency, or a comma-separated list (each row runs with each); "+
 		"default: the server's for NOTIFY rows and on for WAL rows (logical decoding streams only flushed WAL: with off a commit may wait for the WAL writer, 200 ms). W's pgbench sessions always use off")
+	flag.DurationVar(&o.stack.walSettle, "wal-settle", 3*time.Second, "after a WAL-mode listener takes the lead, wait this long before measuring: its first read of the slot "+
+		"collects a whole batch unless the stream pauses for 100 ms, which holds the first rows back batch size / rate under steady load (0: measure that too)")
 	flag.BoolVar(&o.stack.verbose, "v", false, "log container start-up")
 	flag.DurationVar(&timeout, "timeout", 0, "bound on the whole run (default 1h per run)")
 	flag.StringVar(&selfProfile, "cpuprofile", "", "write the bench's own CPU profile to this file")
@@ -381,7 +393,8 @@ func run(ctx context.Context, tb testing.TB, o options) (*results, error) {
 						fail(what("W", "", mode, run), err)
 						continue
 					}
-					progress("W %s run %d: %.0f tps, %s", mode, run, row.tps, row.delivery())
+					progress("W %s run %d: %.0f tps, %s; %d rows behind at pgbench's end, caught up %.2f s later", mode, run, row.tps, row.delivery(),
+						row.behind, row.caughtUp.Seconds())
 					res.w = append(res.w, row)
 				}
 			}

@@ -36,7 +36,14 @@ type stackConfig struct {
 	// statStatements loads pg_stat_statements into the native Postgres
 	// (soak reads the listener's outbox query from it).
 	statStatements bool
-	verbose        bool
+	// walSettle is how long the bench waits, after a WAL-mode listener
+	// took the lead and switched writers, before it measures: the
+	// listener's first read of the slot after a start collects a whole
+	// batch (ROWCAST_BATCH_SIZE messages) unless the stream pauses for
+	// 100 ms, so under steady load the first rows wait batch size / rate
+	// (2.5 s at 200 rows/s). An idle poll interval (2 s) ends that read.
+	walSettle time.Duration
+	verbose   bool
 }
 
 // stack is Postgres, Redis and the binaries: containers started through
@@ -334,8 +341,22 @@ func saveProfile(ctx context.Context, p *proc, path, file string) error {
 }
 
 // startListener starts a listener in capture mode (notify or wal) and
-// waits until it leads and writers capture that way.
+// waits until it leads and writers capture that way; in WAL mode also for
+// walSettle (see stackConfig).
 func (s *stack) startListener(ctx context.Context, mode string) (*proc, error) {
+	p, err := s.startListenerNow(ctx, mode)
+	if err == nil && mode == modeWAL && s.cfg.walSettle > 0 {
+		progress("WAL mode: waiting %s for the listener's first read of the slot to end", s.cfg.walSettle)
+		select {
+		case <-time.After(s.cfg.walSettle):
+		case <-ctx.Done():
+		}
+	}
+	return p, err
+}
+
+// startListenerNow is startListener without the WAL-mode settling.
+func (s *stack) startListenerNow(ctx context.Context, mode string) (*proc, error) {
 	if mode == "" {
 		mode = modeNotify
 	}

@@ -190,7 +190,7 @@ func (r *Relay) relayOutbox(ctx context.Context, conn *pgx.Conn, session string)
 		if err != nil && !time.Now().Before(nextPoll) {
 			// Safety poll: prove the LISTEN connection (a half-open one
 			// would otherwise go unnoticed) and drain what NOTIFY missed.
-			pctx, cancel := context.WithTimeout(ctx, r.cfg.PollInterval)
+			pctx, cancel := context.WithTimeout(ctx, r.pingTimeout())
 			perr := conn.Ping(pctx)
 			cancel()
 			if perr != nil {
@@ -686,3 +686,7 @@ func newSession() (string, error) {
 	}
 	return hex.EncodeToString(b[:]), nil
 }
+
+// pingTimeout bounds the safety poll's ping: a loaded server may be slow to
+// answer without being gone.
+func (r *Relay) pingTimeout() time.Duration { return max(r.cfg.PollInterval, 5*time.Second) }

@@ -103,7 +103,7 @@ func (r *Relay) relayWAL(ctx context.Context, conn *pgx.Conn, session string) er
 		if errors.Is(err, context.DeadlineExceeded) {
 			// Nothing to read for a while: prove the lock's connection and
 			// do the slow chores.
-			pctx, cancel := context.WithTimeout(ctx, r.cfg.PollInterval)
+			pctx, cancel := context.WithTimeout(ctx, r.pingTimeout())
 			perr := conn.Ping(pctx)
 			cancel()
 			if perr != nil {
@@ -174,7 +174,7 @@ func (r *Relay) fillResumed(ctx context.Context, rd *walslot.Reader, b walslot.B
 // reset before anything newer), and the slot is created anew.
 func (r *Relay) openSlot(ctx context.Context, conn *pgx.Conn) (*walslot.Reader, error) {
 	cfg := walslot.Config{Slot: r.wal.slot, Publication: Publication}
-	rd, err := walslot.Open(ctx, r.wal.conn, cfg, r.log)
+	rd, err := r.openActive(ctx, cfg)
 	if !errors.Is(err, walslot.ErrSlotInvalidated) {
 		if err != nil {
 			return nil, fmt.Errorf("open slot %s: %w", r.wal.slot, err)
@@ -199,11 +199,31 @@ func (r *Relay) openSlot(ctx context.Context, conn *pgx.Conn) (*walslot.Reader, 
 	if err := r.store.ForgetProgress(qctx, r.wal.slot); err != nil {
 		return nil, err
 	}
-	rd, err = walslot.Open(ctx, r.wal.conn, cfg, r.log)
+	rd, err = r.openActive(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open slot %s again: %w", r.wal.slot, err)
 	}
 	return rd, nil
+}
+
+// openActive opens the slot, waiting while another connection still
+// streams it: this relay holds the leadership, so that is a leader that
+// died a moment ago and whose server process has not ended yet.
+func (r *Relay) openActive(ctx context.Context, cfg walslot.Config) (*walslot.Reader, error) {
+	deadline := time.Now().Add(opTimeout)
+	for {
+		rd, err := walslot.Open(ctx, r.wal.conn, cfg, r.log)
+		if !errors.Is(err, walslot.ErrSlotActive) || time.Now().After(deadline) {
+			return rd, err
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // switchToWAL tells writers to emit messages, and publishes what writers
@@ -289,9 +309,10 @@ func (r *Relay) publishMessages(ctx context.Context, session string, msgs []wals
 			r.known[room] = pos
 		}
 	}
-	if len(msgs) > 0 {
-		last := msgs[len(msgs)-1]
-		*progress = outbox.WALProgress{Slot: r.wal.slot, Commit: int64(last.Commit), LSN: int64(last.LSN)}
+	// Progress only moves forward: a batch the restart skipped whole leaves
+	// it where it was.
+	if n := len(msgs); n > 0 && !progress.Covers(int64(msgs[n-1].Commit), int64(msgs[n-1].LSN)) {
+		*progress = outbox.WALProgress{Slot: r.wal.slot, Commit: int64(msgs[n-1].Commit), LSN: int64(msgs[n-1].LSN)}
 		done.WAL = progress
 	}
 	qctx, cancel := context.WithTimeout(ctx, opTimeout)
