@@ -19,17 +19,24 @@ type sentRow struct {
 	room, body string
 }
 
-// TestPipeline proves the whole path: rows committed in Postgres reach
-// WebSocket and SSE clients through the trigger, the listener, Redis and the
-// edge, each client getting exactly its rooms' rows, once, in commit order.
+// TestPipeline proves the whole path, in each capture mode: rows committed
+// in Postgres reach WebSocket and SSE clients through the trigger, the
+// listener, Redis and the edge, each client getting exactly its rooms' rows,
+// once, in commit order.
 func TestPipeline(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs Docker (run without -short)")
 	}
+	for _, mode := range captureModes {
+		t.Run(mode, func(t *testing.T) { testPipeline(t, mode) })
+	}
+}
+
+func testPipeline(t *testing.T, mode string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	s := startStack(ctx, t)
-	startListener(ctx, t, s)
+	startListener(ctx, t, s, "ROWCAST_CAPTURE="+mode)
 	_, base := startApp(ctx, t, s)
 
 	type client struct {
@@ -87,8 +94,8 @@ func TestPipeline(t *testing.T) {
 		latency[c.tr] = append(latency[c.tr], lat...)
 		assertSameOrderPerRoom(t, c.name, want, got)
 	}
-	report(t, "insert-to-client latency, bursts, websocket: %s", percentiles(latency[wire.WebSocket]))
-	report(t, "insert-to-client latency, bursts, sse:       %s", percentiles(latency[wire.SSE]))
+	report(t, mode+": insert-to-client latency, bursts, websocket: %s", percentiles(latency[wire.WebSocket]))
+	report(t, mode+": insert-to-client latency, bursts, sse:       %s", percentiles(latency[wire.SSE]))
 
 	// Paced: one row at a time, each awaited by every client of its room,
 	// so the figure is the pipeline's own latency, not a queue's.
@@ -113,8 +120,8 @@ func TestPipeline(t *testing.T) {
 			paced[c.tr] = append(paced[c.tr], lat...)
 		}
 	}
-	report(t, "insert-to-client latency, paced,  websocket: %s", percentiles(paced[wire.WebSocket]))
-	report(t, "insert-to-client latency, paced,  sse:       %s", percentiles(paced[wire.SSE]))
+	report(t, mode+": insert-to-client latency, paced,  websocket: %s", percentiles(paced[wire.WebSocket]))
+	report(t, mode+": insert-to-client latency, paced,  sse:       %s", percentiles(paced[wire.SSE]))
 }
 
 // commitRows inserts rows in several transactions: single rows in
