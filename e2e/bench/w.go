@@ -183,10 +183,21 @@ func (s *stack) runW(ctx context.Context, run int, mode string, spec wSpec) (wRo
 	before := s.snapshot(appPID, lisPID)
 	out, err := cmd.CombinedOutput()
 	ended := time.Now()
-	atEnd := s.snapshot(appPID, lisPID)
 	if err != nil {
 		return row, fmt.Errorf("pgbench: %w\n%s", err, out)
 	}
+	// pgbench's backends end after it does; their CPU moves to the
+	// postmaster's children's time once it has reaped them. Reading the
+	// process tree meanwhile could miss one.
+	for range 100 {
+		var n int
+		if s.db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'`).Scan(&n) != nil || n == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	atEnd := s.snapshot(appPID, lisPID)
 	if ps := cmd.ProcessState; ps != nil {
 		row.pgbench = ps.UserTime() + ps.SystemTime()
 	}

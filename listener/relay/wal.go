@@ -66,6 +66,14 @@ func (r *Relay) relayWAL(ctx context.Context, conn *pgx.Conn, session string) er
 	if err != nil {
 		return err
 	}
+	// Whatever an earlier leader published committed before this point.
+	var started int64
+	qctx, cancel = context.WithTimeout(ctx, opTimeout)
+	err = conn.QueryRow(qctx, `SELECT (pg_current_wal_lsn() - '0/0')::bigint`).Scan(&started)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("read the wal position: %w", err)
+	}
 	// The slot exists before writers switch to it: no message is emitted
 	// without a slot to keep it.
 	rd, err := r.openSlot(ctx, conn)
@@ -94,7 +102,7 @@ func (r *Relay) relayWAL(ctx context.Context, conn *pgx.Conn, session string) er
 		b, err := rd.Read(rctx, r.cfg.BatchSize)
 		cancel()
 		if err == nil && resuming {
-			b, err = r.fillResumed(ctx, rd, b, progress)
+			b, err = r.fillResumed(ctx, rd, b, progress, started)
 		}
 		if ctx.Err() != nil {
 			r.release(ctx, session)
@@ -135,12 +143,17 @@ func (r *Relay) relayWAL(ctx context.Context, conn *pgx.Conn, session string) er
 const resumeGap = 100 * time.Millisecond
 
 // fillResumed makes the first batch after a start hold at least a batch
-// size of messages past progress, or everything available. A leader that
-// stopped after Redis accepted its last batch and before Postgres recorded
-// it left Redis ahead by at most a batch size, and Redis adopts such a
-// publish only when the repeat covers all of it (see redisbus.Publish);
-// batches follow what the stream delivered, not fixed boundaries.
-func (r *Relay) fillResumed(ctx context.Context, rd *walslot.Reader, b walslot.Batch, progress outbox.WALProgress) (walslot.Batch, error) {
+// size of messages past progress, or every message that committed before
+// started (the WAL position when this leader took over), or everything
+// available. A leader that stopped after Redis accepted its last batch and
+// before Postgres recorded it left Redis ahead by at most a batch size, of
+// messages committed before the takeover, and Redis adopts such a publish
+// only when the repeat covers all of it (see redisbus.Publish); batches
+// follow what the stream delivered, not fixed boundaries.
+func (r *Relay) fillResumed(ctx context.Context, rd *walslot.Reader, b walslot.Batch, progress outbox.WALProgress, started int64) (walslot.Batch, error) {
+	after := func(msgs []walslot.Message) bool {
+		return len(msgs) > 0 && int64(msgs[len(msgs)-1].Commit) > started
+	}
 	fresh := func(msgs []walslot.Message) (n int) {
 		for _, m := range msgs {
 			if !progress.Covers(int64(m.Commit), int64(m.LSN)) {
@@ -149,7 +162,7 @@ func (r *Relay) fillResumed(ctx context.Context, rd *walslot.Reader, b walslot.B
 		}
 		return n
 	}
-	for n := fresh(b.Messages); n < r.cfg.BatchSize; {
+	for n := fresh(b.Messages); n < r.cfg.BatchSize && !after(b.Messages); {
 		rctx, cancel := context.WithTimeout(ctx, resumeGap)
 		more, err := rd.Read(rctx, r.cfg.BatchSize-n)
 		cancel()
