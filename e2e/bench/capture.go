@@ -126,9 +126,12 @@ func (s *stack) insertPool(ctx context.Context, sync string) (*pgxpool.Pool, err
 }
 
 // captureState reads rowcast.capture_state.
+// A schema from before capture modes (a -src checkout of an older commit)
+// has no state: it always notifies, which reads as 0.
 func (s *stack) captureState(ctx context.Context) (int64, error) {
 	var st int64
-	err := s.db.QueryRow(ctx, `SELECT last_value FROM rowcast.capture_state`).Scan(&st)
+	err := s.db.QueryRow(ctx, `SELECT coalesce((SELECT last_value FROM pg_sequences
+		WHERE schemaname = 'rowcast' AND sequencename = 'capture_state'), 0)`).Scan(&st)
 	return st, err
 }
 

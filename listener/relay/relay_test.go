@@ -112,6 +112,17 @@ func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// dial opens a connection to url, closed when the test ends.
+func dial(ctx context.Context, t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	c, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
 func exec(ctx context.Context, t *testing.T, conn *pgx.Conn, sql string, args ...any) {
 	t.Helper()
 	if _, err := conn.Exec(ctx, sql, args...); err != nil {
@@ -129,11 +140,7 @@ func TestLateCommitIsNotSkipped(t *testing.T) {
 	go r.Run(ctx)
 	<-r.Ready()
 
-	early, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer early.Close(ctx)
+	early := dial(ctx, t, e.pgURL)
 	tx, err := early.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -141,11 +148,7 @@ func TestLateCommitIsNotSkipped(t *testing.T) {
 	if _, err := tx.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('late', 'x', 'early id, late commit')`); err != nil {
 		t.Fatal(err)
 	}
-	other, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close(ctx)
+	other := dial(ctx, t, e.pgURL)
 	exec(ctx, t, other, `INSERT INTO chat_message (room, author, body) VALUES ('late', 'y', 'later id, early commit')`)
 	waitFor(ctx, t, "the early commit to be published", func() bool { return historyLen(ctx, t, e.rdb, "late") == 1 })
 	if err := tx.Commit(ctx); err != nil {
@@ -175,11 +178,7 @@ func TestStandbyTakesOver(t *testing.T) {
 	<-r1.Ready()
 	go r2.Run(ctx)
 
-	conn, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := dial(ctx, t, e.pgURL)
 	insert := func(from, n int) {
 		for i := from; i < from+n; i++ {
 			exec(ctx, t, conn, `INSERT INTO chat_message (room, author, body) VALUES ('ha', 'x', $1)`, fmt.Sprint(i))
@@ -210,16 +209,8 @@ func TestNotifiedRowsArePublishedOnceInCommitOrder(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	e := setup(t)
-	db, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(ctx)
-	late, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer late.Close(ctx)
+	db := dial(ctx, t, e.pgURL)
+	late := dial(ctx, t, e.pgURL)
 	insert := func(conn *pgx.Conn, body string) {
 		t.Helper()
 		exec(ctx, t, conn, `INSERT INTO chat_message (room, author, body) VALUES ('once', 'x', $1)`, body)
@@ -294,31 +285,13 @@ func TestBurstsSkipWakeUpsAndLoseNone(t *testing.T) {
 	r, _ := newRelay(t, e, "only", func(c *relay.Config) { c.PollInterval = 10 * time.Minute })
 	go r.Run(ctx)
 	<-r.Ready()
-	listen, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer listen.Close(ctx)
+	listen := dial(ctx, t, e.pgURL)
 	exec(ctx, t, listen, "LISTEN rowcast")
-	db, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(ctx)
+	db := dial(ctx, t, e.pgURL)
 	const writers, rounds, perWriter = 8, 6, 150
 	conns := make([]*pgx.Conn, writers)
 	for i := range conns {
-		if conns[i], err = pgx.Connect(ctx, e.pgURL); err != nil {
-			t.Fatal(err)
-		}
-		defer conns[i].Close(ctx)
-	}
-	state := func() int64 {
-		var v int64
-		if err := db.QueryRow(ctx, `SELECT last_value FROM rowcast.capture_state`).Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		return v
+		conns[i] = dial(ctx, t, e.pgURL)
 	}
 	total := 0
 	for round := range rounds {
@@ -338,7 +311,7 @@ func TestBurstsSkipWakeUpsAndLoseNone(t *testing.T) {
 		total += writers * perWriter
 		waitFor(ctx, t, fmt.Sprintf("round %d published", round), func() bool { return historyLen(ctx, t, e.rdb, "burst") == int64(total) })
 		// Idle again: the relay went back to sleep on LISTEN.
-		waitFor(ctx, t, "the relay to sleep", func() bool { return state() == 0 })
+		waitFor(ctx, t, "the relay to sleep", func() bool { return captureState(ctx, t, db) == 0 })
 	}
 	notified := 0
 	for {
@@ -371,23 +344,8 @@ func TestWriterThatMissedTheSleepIsNotStranded(t *testing.T) {
 	r, _ := newRelay(t, e, "only", func(c *relay.Config) { c.PollInterval = 10 * time.Minute })
 	go r.Run(ctx)
 	<-r.Ready()
-	db, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(ctx)
-	writer, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer writer.Close(ctx)
-	state := func() int64 {
-		var v int64
-		if err := db.QueryRow(ctx, `SELECT last_value FROM rowcast.capture_state`).Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	db := dial(ctx, t, e.pgURL)
+	writer := dial(ctx, t, e.pgURL)
 	// Writers believe the relay drains: the open transaction's row sends no
 	// wake-up, nor do the backlog rows below.
 	exec(ctx, t, db, `SELECT setval('rowcast.capture_state', 1, true)`)
@@ -404,7 +362,7 @@ func TestWriterThatMissedTheSleepIsNotStranded(t *testing.T) {
 	// with the writer still open.
 	exec(ctx, t, db, `NOTIFY rowcast`)
 	waitFor(ctx, t, "the backlog", func() bool { return historyLen(ctx, t, e.rdb, "late") == 20 })
-	waitFor(ctx, t, "the relay to tell writers to notify", func() bool { return state() == 0 })
+	waitFor(ctx, t, "the relay to tell writers to notify", func() bool { return captureState(ctx, t, db) == 0 })
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}

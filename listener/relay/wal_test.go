@@ -86,11 +86,7 @@ func TestWALModeRelaysInCommitOrder(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	e := setup(t)
-	db, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(ctx)
+	db := dial(ctx, t, e.pgURL)
 	insert := func(conn *pgx.Conn, body string) {
 		t.Helper()
 		exec(ctx, t, conn, `INSERT INTO chat_message (room, author, body) VALUES ('w', 'x', $1)`, body)
@@ -103,11 +99,7 @@ func TestWALModeRelaysInCommitOrder(t *testing.T) {
 	waitFor(ctx, t, "the outbox row", func() bool { return historyLen(ctx, t, e.rdb, "w") == 1 })
 
 	// b takes its place in the WAL first but commits after c.
-	late, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer late.Close(ctx)
+	late := dial(ctx, t, e.pgURL)
 	tx, err := late.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -155,11 +147,7 @@ func TestWALRestartInsideALargeTransaction(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	e := setup(t)
-	db, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(ctx)
+	db := dial(ctx, t, e.pgURL)
 	tune := func(c *relay.Config) { c.BatchSize = 500 }
 	stop := runRelay(ctx, t, newWALRelay(t, e, "first", tune))
 	const rows = 30_000
@@ -202,11 +190,7 @@ func TestWALInvalidatedSlotStartsNewEpochs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	e := setup(t, testenv.PostgresOptions(testenv.WithArgs("-c", "max_slot_wal_keep_size=1MB")))
-	db, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(ctx)
+	db := dial(ctx, t, e.pgURL)
 	stop := runRelay(ctx, t, newWALRelay(t, e, "first"))
 	exec(ctx, t, db, `INSERT INTO chat_message (room, author, body) VALUES ('inv', 'x', 'kept')`)
 	waitFor(ctx, t, "the first row", func() bool { return historyLen(ctx, t, e.rdb, "inv") == 1 })
