@@ -79,7 +79,7 @@ func TestCatchUpAfterRedisRestart(t *testing.T) {
 	for i := range names {
 		names[i] = realtime.Room(fmt.Sprintf("cu%04d", i))
 		tr := &catchUpTransport{s: s}
-		if err := hub.NewClient(tr, 1).Join(ctx, names[i], realtime.ID{}); err != nil {
+		if err := hub.NewClient(tr, 1).Join(ctx, names[i], realtime.ID{}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -87,7 +87,7 @@ func TestCatchUpAfterRedisRestart(t *testing.T) {
 	for i := range probes {
 		probes[i] = realtime.Room(fmt.Sprintf("cuprobe%d", i))
 		tr := &catchUpTransport{s: s, probe: true}
-		if err := hub.NewClient(tr, 1).Join(ctx, probes[i], realtime.ID{}); err != nil {
+		if err := hub.NewClient(tr, 1).Join(ctx, probes[i], realtime.ID{}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

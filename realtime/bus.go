@@ -3,6 +3,7 @@ package realtime
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // ErrHistoryLost is returned by Bus.History when the events after the
@@ -29,6 +30,25 @@ type Bus interface {
 	// History returns the room's messages after the given id, oldest first,
 	// or ErrHistoryLost when some of them are gone.
 	History(ctx context.Context, room Room, after ID) ([]Message, error)
+	// Retained returns every message the room's history holds, oldest
+	// first, and its floor: each event of the room before the first of
+	// them (trimmed, expired or lost) was made by a transaction at or below
+	// floor. A snapshot that Covers the floor resumes from the messages.
+	Retained(ctx context.Context, room Room) (msgs []Message, floor uint64, err error)
+	// Origin returns what the bus knows of the database its events come
+	// from, to check snapshot positions against.
+	Origin(ctx context.Context) (Origin, error)
+}
+
+// Origin is the database a bus carries events of, and how long rooms keep
+// their history there.
+type Origin struct {
+	// Source is the database's id in position tokens; "" when no listener
+	// announced it yet (tokens are then not checked against it).
+	Source string
+	// HistoryTTL is how long an idle room keeps its history: a snapshot
+	// older than that may predate events that expired with it.
+	HistoryTTL time.Duration
 }
 
 // Handler receives what a Bus delivers. The Hub implements it. Methods are
@@ -56,4 +76,9 @@ type Position struct {
 	// being recorded (a leader died between publishing and recording): the
 	// bus must then prove it did not go back in time since.
 	Unsure bool
+	// MaxTx is the highest transaction id among the room's events so far
+	// (or a floor below which changes may have been lost): a history the
+	// bus starts afresh begins above it, so a snapshot position from
+	// before it is told to reset (see Bus.Retained).
+	MaxTx uint64
 }

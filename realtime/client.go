@@ -82,6 +82,10 @@ type clientRoom struct {
 	last      ID
 	replaying bool      // history is being fetched: hold live messages
 	pending   []Message // live messages held while replaying
+	// at, when the room was joined from a snapshot position, drops every
+	// event the snapshot saw (the page shows it already), live ones too: a
+	// change committed before the snapshot may be published after the join.
+	at *Snapshot
 }
 
 // maxPending bounds the live messages held for one room during a replay.
@@ -95,9 +99,18 @@ func (h *Hub) NewClient(t Transport, maxRooms int) *Client {
 
 // Join subscribes the client to room r. When since is not zero, the events
 // after it are replayed from history first, or the client is sent a reset
-// when they are gone. Join confirms with a "subscribed" control frame only
-// after live delivery is in place. Joining a room twice only confirms again.
-func (c *Client) Join(ctx context.Context, r Room, since ID) error {
+// when they are gone. With a snapshot position (at), the events the
+// snapshot did not see are delivered (after since, or from the history's
+// start), none it saw; a history that no longer reaches back to the
+// snapshot gets a reset (code position_too_old). Join confirms with a
+// "subscribed" control frame only after live delivery is in place. Joining
+// a room twice only confirms again.
+func (c *Client) Join(ctx context.Context, r Room, since ID, at *Snapshot) error {
+	if at != nil {
+		if err := c.hub.checkSnapshot(ctx, at); err != nil {
+			return fmt.Errorf("join %q: %w", r, err)
+		}
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -114,7 +127,7 @@ func (c *Client) Join(ctx context.Context, r Room, since ID) error {
 		c.mu.Unlock()
 		return fmt.Errorf("%w (limit %d)", ErrTooManyRooms, c.maxRooms)
 	}
-	st := &clientRoom{last: since, replaying: true}
+	st := &clientRoom{last: since, replaying: true, at: at}
 	c.rooms[r] = st
 	c.mu.Unlock()
 
@@ -123,18 +136,27 @@ func (c *Client) Join(ctx context.Context, r Room, since ID) error {
 		c.forget(r, st)
 		return fmt.Errorf("join %q: %w", r, err)
 	}
-	var replay []Message
-	lost := false
-	if !since.IsZero() {
+	var (
+		replay []Message
+		lost   string // why the client must reset, if it must
+	)
+	switch {
+	case !since.IsZero():
 		replay, err = c.hub.bus.History(ctx, r, since)
-		switch {
-		case errors.Is(err, ErrHistoryLost):
-			lost = true
-		case err != nil:
-			c.forget(r, st)
-			c.hub.leave(context.WithoutCancel(ctx), r, c)
-			return fmt.Errorf("replay %q: %w", r, err)
+		if errors.Is(err, ErrHistoryLost) {
+			lost, err = "history_lost", nil
 		}
+	case at != nil:
+		var floor uint64
+		replay, floor, err = c.hub.bus.Retained(ctx, r)
+		if errors.Is(err, ErrHistoryLost) || err == nil && !at.Covers(floor) {
+			replay, lost, err = nil, "position_too_old", nil
+		}
+	}
+	if err != nil {
+		c.forget(r, st)
+		c.hub.leave(context.WithoutCancel(ctx), r, c)
+		return fmt.Errorf("replay %q: %w", r, err)
 	}
 
 	c.mu.Lock()
@@ -142,8 +164,8 @@ func (c *Client) Join(ctx context.Context, r Room, since ID) error {
 	if c.closed || c.rooms[r] != st {
 		return ErrClosed
 	}
-	if lost {
-		c.sendControlLocked(Control{Type: TypeReset, Room: r, Code: "history_lost"}, r, ID{})
+	if lost != "" {
+		c.sendControlLocked(Control{Type: TypeReset, Room: r, Code: lost}, r, ID{})
 		st.last = ID{}
 	}
 	st.replaying = false
@@ -277,6 +299,7 @@ func (c *Client) pushLocked(st *clientRoom, m Message) {
 // acceptLocked reports whether m is new to the client and advances its
 // position. A message of another epoch than the client's last means the
 // room's history was lost between them: the client is told to reset first.
+// A message the client's snapshot saw advances the position unsent.
 func (c *Client) acceptLocked(st *clientRoom, m Message) bool {
 	isNew, gap := st.last.Follows(m.ID)
 	if !isNew {
@@ -286,7 +309,7 @@ func (c *Client) acceptLocked(st *clientRoom, m Message) bool {
 		c.sendControlLocked(Control{Type: TypeReset, Room: m.Room, Code: "history_lost"}, m.Room, ID{})
 	}
 	st.last = m.ID
-	return true
+	return st.at == nil || m.Tx == 0 || !st.at.Saw(m.Tx)
 }
 
 // maxBatch is the most events written as one frame (a JSON array) when

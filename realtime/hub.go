@@ -48,6 +48,8 @@ type Hub struct {
 	maxHeld  int            // live messages held per room while it catches up
 	retry    retry.Policy   // between failed history reads of a catch-up
 	reads    chan struct{}  // a slot per catch-up history read in flight
+
+	originCache originCache // what the bus says of its database, for snapshot positions
 }
 
 // HubOption configures a Hub.

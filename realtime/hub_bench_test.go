@@ -33,7 +33,7 @@ func BenchmarkHubFanout(b *testing.B) {
 			ts := make([]*nopTransport, subs)
 			for i := range ts {
 				ts[i] = &nopTransport{}
-				if err := h.NewClient(ts[i], 10).Join(ctx, "room", ID{}); err != nil {
+				if err := h.NewClient(ts[i], 10).Join(ctx, "room", ID{}, nil); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -62,7 +62,7 @@ func BenchmarkHubFanoutParallel(b *testing.B) {
 	for r := range rooms {
 		room := Room(fmt.Sprintf("r%d", r))
 		for range perRoom {
-			if err := h.NewClient(&nopTransport{}, 10).Join(ctx, room, ID{}); err != nil {
+			if err := h.NewClient(&nopTransport{}, 10).Join(ctx, room, ID{}, nil); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -311,7 +311,7 @@ func TestJoinDuringCatchUpGetsConsistentLast(t *testing.T) {
 	publishReturns(t, bus, "a")
 	waitEntered(t, entered, "a")
 	late := &recorder{}
-	if err := h.NewClient(late, 10).Join(ctx, "a", ID{}); err != nil {
+	if err := h.NewClient(late, 10).Join(ctx, "a", ID{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	publishReturns(t, bus, "a")
@@ -359,7 +359,7 @@ func TestCatchUpEndsWithContextOrRoom(t *testing.T) {
 		ctx := context.Background()
 		h, bus := newTestHub()
 		c := h.NewClient(&recorder{}, 10)
-		if err := c.Join(ctx, "a", ID{}); err != nil {
+		if err := c.Join(ctx, "a", ID{}, nil); err != nil {
 			t.Fatal(err)
 		}
 		bus.publish("a", true)
@@ -447,7 +447,7 @@ func TestFailedSubscribeEndsCatchUp(t *testing.T) {
 		h.HandleMessage(ctx, Message{Room: "a", ID: ID{Epoch: "e1", Offset: 1}})
 		h.HandleMessage(ctx, Message{Room: "a", ID: ID{Epoch: "e1", Offset: 3}}) // gap: catch-up starts
 	}
-	if err := h.NewClient(&recorder{}, 10).Join(ctx, "a", ID{}); err == nil {
+	if err := h.NewClient(&recorder{}, 10).Join(ctx, "a", ID{}, nil); err == nil {
 		t.Fatal("join succeeded with a failing bus")
 	}
 	settleWithin(t, h)

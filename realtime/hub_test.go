@@ -29,6 +29,11 @@ type memBus struct {
 	down      error                  // if set, every History call fails with it
 	calls     map[Room]int           // History calls per room
 	duringSub func()                 // if set, Subscribe calls it before it answers
+
+	// Snapshot positions: what Retained reports below the history, and
+	// Origin's answer.
+	floor  map[Room]uint64
+	origin Origin
 }
 
 func newMemBus() *memBus {
@@ -114,6 +119,18 @@ func (b *memBus) read(r Room, after ID) ([]Message, error) {
 	return out, nil
 }
 
+func (b *memBus) Retained(ctx context.Context, r Room) ([]Message, uint64, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]Message(nil), b.history[r]...), b.floor[r], nil
+}
+
+func (b *memBus) Origin(ctx context.Context) (Origin, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.origin, nil
+}
+
 // historyCalls returns how many times History was called for r.
 func (b *memBus) historyCalls(r Room) int {
 	b.mu.Lock()
@@ -122,11 +139,14 @@ func (b *memBus) historyCalls(r Room) int {
 }
 
 // publish appends to history and, when live, hands the message to the hub.
-func (b *memBus) publish(r Room, live bool) Message {
+func (b *memBus) publish(r Room, live bool) Message { return b.publishTx(r, 0, live) }
+
+// publishTx is publish of an event made by transaction tx.
+func (b *memBus) publishTx(r Room, tx uint64, live bool) Message {
 	b.mu.Lock()
 	off := uint64(len(b.history[r]) + 1)
 	id := ID{Epoch: b.epoch, Offset: off}
-	m := Message{Room: r, ID: id, Data: fmt.Appendf(nil, `{"id":"%s","room":"%s"}`, id, r)}
+	m := Message{Room: r, ID: id, Tx: tx, Data: fmt.Appendf(nil, `{"id":"%s","tx":%d,"room":"%s"}`, id, tx, r)}
 	b.history[r] = append(b.history[r], m)
 	b.mu.Unlock()
 	if live {
@@ -197,7 +217,7 @@ func (r *recorder) controls() []string {
 func joinRecorder(t *testing.T, h *Hub, r Room) *recorder {
 	t.Helper()
 	rec := &recorder{}
-	if err := h.NewClient(rec, 10).Join(context.Background(), r, ID{}); err != nil {
+	if err := h.NewClient(rec, 10).Join(context.Background(), r, ID{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	return rec
@@ -227,7 +247,7 @@ func TestHubSubscribesOncePerRoomAndUnsubscribesWhenEmpty(t *testing.T) {
 	h, bus := newTestHub()
 	c1, c2 := h.NewClient(&recorder{}, 10), h.NewClient(&recorder{}, 10)
 	for _, c := range []*Client{c1, c2} {
-		if err := c.Join(ctx, "a", ID{}); err != nil {
+		if err := c.Join(ctx, "a", ID{}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -248,10 +268,10 @@ func TestHubFansOutOnlyToRoomMembers(t *testing.T) {
 	ctx := context.Background()
 	h, bus := newTestHub()
 	ra, rb := &recorder{}, &recorder{}
-	if err := h.NewClient(ra, 10).Join(ctx, "a", ID{}); err != nil {
+	if err := h.NewClient(ra, 10).Join(ctx, "a", ID{}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.NewClient(rb, 10).Join(ctx, "b", ID{}); err != nil {
+	if err := h.NewClient(rb, 10).Join(ctx, "b", ID{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	bus.publish("a", true)
@@ -273,7 +293,7 @@ func TestJoinReplaysHistoryThenLiveWithoutDuplicates(t *testing.T) {
 	}
 	rec := &recorder{}
 	c := h.NewClient(rec, 10)
-	if err := c.Join(ctx, "a", ID{Epoch: "e1", Offset: 10}); err != nil {
+	if err := c.Join(ctx, "a", ID{Epoch: "e1", Offset: 10}, nil); err != nil {
 		t.Fatal(err)
 	}
 	// The live path may deliver something the replay already covered.
@@ -299,7 +319,7 @@ func TestJoinWithLostHistorySendsReset(t *testing.T) {
 	h, bus := newTestHub()
 	bus.publish("a", false)
 	rec := &recorder{}
-	if err := h.NewClient(rec, 10).Join(ctx, "a", ID{Epoch: "old", Offset: 5}); err != nil {
+	if err := h.NewClient(rec, 10).Join(ctx, "a", ID{Epoch: "old", Offset: 5}, nil); err != nil {
 		t.Fatal(err)
 	}
 	ctl := strings.Join(rec.controls(), "\n")
@@ -334,10 +354,10 @@ func TestSlowClientIsClosedAndOthersContinue(t *testing.T) {
 	h, bus := newTestHub()
 	slow, fast := &recorder{limit: 3, onClose: make(chan CloseReason, 1)}, &recorder{}
 	cs := h.NewClient(slow, 10)
-	if err := cs.Join(ctx, "a", ID{}); err != nil {
+	if err := cs.Join(ctx, "a", ID{}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.NewClient(fast, 10).Join(ctx, "a", ID{}); err != nil {
+	if err := h.NewClient(fast, 10).Join(ctx, "a", ID{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	for range 10 {
@@ -361,7 +381,7 @@ func TestSlowClientGetsNothingAfterADroppedFrame(t *testing.T) {
 	ctx := context.Background()
 	h, bus := newTestHub()
 	slow := &recorder{limit: 3, onClose: make(chan CloseReason, 1)}
-	if err := h.NewClient(slow, 10).Join(ctx, "a", ID{}); err != nil {
+	if err := h.NewClient(slow, 10).Join(ctx, "a", ID{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	bus.publish("a", true) // frames: subscribed, e-1, e-2
@@ -384,10 +404,10 @@ func TestTooManyRooms(t *testing.T) {
 	ctx := context.Background()
 	h, _ := newTestHub()
 	c := h.NewClient(&recorder{}, 1)
-	if err := c.Join(ctx, "a", ID{}); err != nil {
+	if err := c.Join(ctx, "a", ID{}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Join(ctx, "b", ID{}); err == nil || !strings.Contains(err.Error(), "too many rooms") {
+	if err := c.Join(ctx, "b", ID{}, nil); err == nil || !strings.Contains(err.Error(), "too many rooms") {
 		t.Fatalf("second room: %v", err)
 	}
 }
@@ -397,7 +417,7 @@ func TestFailedSubscribeUndoesJoin(t *testing.T) {
 	h, bus := newTestHub()
 	bus.failSub = ErrUnavailable
 	c := h.NewClient(&recorder{}, 10)
-	if err := c.Join(ctx, "a", ID{}); err == nil {
+	if err := c.Join(ctx, "a", ID{}, nil); err == nil {
 		t.Fatal("join succeeded with a failing bus")
 	}
 	if h.Rooms() != 0 || len(c.Rooms()) != 0 {
@@ -428,13 +448,13 @@ func TestEmptyRoomLingersBeforeUnsubscribing(t *testing.T) {
 	h := NewHub(bus, slog.New(slog.NewTextHandler(io.Discard, nil)), Linger(50*time.Millisecond))
 	_ = bus.Run(ctx, h)
 	c := h.NewClient(&recorder{}, 10)
-	if err := c.Join(ctx, "a", ID{}); err != nil {
+	if err := c.Join(ctx, "a", ID{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	c.Leave(ctx, "a")
 	// Rejoining within the linger reuses the subscription.
 	c2 := h.NewClient(&recorder{}, 10)
-	if err := c2.Join(ctx, "a", ID{}); err != nil {
+	if err := c2.Join(ctx, "a", ID{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	bus.mu.Lock()

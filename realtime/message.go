@@ -13,13 +13,21 @@ import (
 type Message struct {
 	Room Room
 	ID   ID
+	// Tx is the id of the transaction that made the change, which a
+	// snapshot position is checked against (0: unknown, an event published
+	// before transaction ids were captured).
+	Tx   uint64
 	Data []byte
 }
 
-var idPrefix = []byte(`{"id":"`)
+var (
+	idPrefix = []byte(`{"id":"`)
+	txPrefix = []byte(`,"tx":`)
+)
 
-// ParseMessage reads the room and id of an encoded event without decoding
-// the row: the publisher always writes "id" first, so a prefix scan suffices.
+// ParseMessage reads the room, id and transaction of an encoded event
+// without decoding the row: the publisher always writes "id" first and
+// "tx" right after it, so a prefix scan suffices.
 func ParseMessage(room Room, data []byte) (Message, error) {
 	if !bytes.HasPrefix(data, idPrefix) {
 		return Message{}, fmt.Errorf("%w: event does not start with an id", ErrBadID)
@@ -33,7 +41,16 @@ func ParseMessage(room Room, data []byte) (Message, error) {
 	if err != nil {
 		return Message{}, err
 	}
-	return Message{Room: room, ID: id, Data: data}, nil
+	m := Message{Room: room, ID: id, Data: data}
+	if rest = rest[end+1:]; bytes.HasPrefix(rest, txPrefix) {
+		for _, c := range rest[len(txPrefix):] {
+			if c < '0' || c > '9' {
+				break
+			}
+			m.Tx = m.Tx*10 + uint64(c-'0')
+		}
+	}
+	return m, nil
 }
 
 var atKey = []byte(`,"at":"`)

@@ -21,8 +21,12 @@ import (
 type admission struct {
 	rooms  []realtime.Room
 	cursor realtime.Cursor
-	grant  auth.Grant
-	ip     string
+	// at and badAt are the rooms' snapshot positions from the URL, and the
+	// rooms whose token is unusable (refused alone, with an error frame).
+	at    map[realtime.Room]*realtime.Snapshot
+	badAt map[realtime.Room]error
+	grant auth.Grant
+	ip    string
 }
 
 // refusal is an HTTP answer to a request that cannot connect.
@@ -75,9 +79,16 @@ func (a *admitter) admit(c echo.Context, needRooms bool) (admission, *refusal) {
 	if err != nil {
 		return admission{}, a.refuse(http.StatusBadRequest, errorCode(err), err.Error())
 	}
-	last := req.Header.Get("Last-Event-ID")
-	if last == "" {
-		last = c.QueryParam("lastEventId")
+	// An SSE client passes a position token as lastEventId; the browser's
+	// Last-Event-ID header on a reconnect is the cursor, and the URL keeps
+	// the token, so both apply.
+	position, last := c.QueryParam("position"), req.Header.Get("Last-Event-ID")
+	if q := c.QueryParam("lastEventId"); realtime.IsPosition(q) {
+		if position == "" {
+			position = q
+		}
+	} else if last == "" {
+		last = q
 	}
 	cursor, err := realtime.ParseCursor(last)
 	if err != nil {
@@ -100,7 +111,8 @@ func (a *admitter) admit(c echo.Context, needRooms bool) (admission, *refusal) {
 	if !a.conns.acquire(ip, a.maxConnsPerIP) {
 		return admission{}, a.refuse(http.StatusTooManyRequests, "too_many_connections", "too many connections from this address")
 	}
-	return admission{rooms: rooms, cursor: cursor, grant: grant, ip: ip}, nil
+	at, badAt := parsePositions(position, rooms)
+	return admission{rooms: rooms, cursor: cursor, at: at, badAt: badAt, grant: grant, ip: ip}, nil
 }
 
 // refuse counts a refusal by its code and returns it.

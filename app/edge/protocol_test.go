@@ -24,6 +24,38 @@ func TestParseInbound(t *testing.T) {
 	}
 }
 
+func TestParseInboundPositions(t *testing.T) {
+	const tok = "p1.ab12.1700000000000.100.110.104"
+	in, err := ParseInbound([]byte(`{"type":"subscribe","room":"a","since":"` + tok + `"}`))
+	if err != nil || in.At == nil || in.At.Xmax != 110 || !in.Since.IsZero() {
+		t.Fatalf("a token as since: %+v, %v", in, err)
+	}
+	in, err = ParseInbound([]byte(`{"type":"subscribe","room":"a","since":"e1-9","position":"` + tok + `"}`))
+	if err != nil || in.At == nil || in.Since != (realtime.ID{Epoch: "e1", Offset: 9}) {
+		t.Fatalf("since and position: %+v, %v", in, err)
+	}
+	in, err = ParseInbound([]byte(`{"type":"subscribe","room":"a","position":"p1.garbage"}`))
+	if !errors.Is(err, realtime.ErrBadPosition) || errorCode(err) != "bad_position" || in.Room != "a" {
+		t.Fatalf("a bad token: %+v, %v (code %s); want bad_position naming the room", in, err, errorCode(err))
+	}
+}
+
+func TestParsePositions(t *testing.T) {
+	const tok = "p1.ab12.1700000000000.100.110."
+	rooms := []realtime.Room{"a", "b", "c"}
+	at, bad := parsePositions(tok, rooms)
+	if len(at) != 3 || len(bad) != 0 {
+		t.Fatalf("one token for every room: %v, %v", at, bad)
+	}
+	at, bad = parsePositions("a@"+tok+",b@p1.nope,zz@"+tok, rooms)
+	if len(at) != 1 || at["a"] == nil || !errors.Is(bad["b"], realtime.ErrBadPosition) || at["c"] != nil {
+		t.Fatalf("per room: %v, %v; want a from its token, b refused, c without", at, bad)
+	}
+	if at, bad := parsePositions("", rooms); at != nil || bad != nil {
+		t.Fatalf("none: %v, %v", at, bad)
+	}
+}
+
 func TestParseRooms(t *testing.T) {
 	rooms, err := parseRooms("a,b,a", 5)
 	if err != nil || len(rooms) != 2 {

@@ -70,13 +70,18 @@ func (r *registry) all() []*realtime.Client {
 	return clients
 }
 
-// joinAll joins the rooms named at connect time, resuming from cursor; a
-// room that cannot be joined gets an error message, the others go on.
-func (r *registry) joinAll(ctx context.Context, c *realtime.Client, rooms []realtime.Room, cursor realtime.Cursor) {
+// joinAll joins the rooms named at connect time, resuming from the cursor
+// and their snapshot positions; a room that cannot be joined gets an error
+// message, the others go on.
+func (r *registry) joinAll(ctx context.Context, c *realtime.Client, a admission) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.joinTimeout)
 	defer cancel()
-	for _, room := range rooms {
-		if err := c.Join(ctx, room, cursor[room]); err != nil {
+	for _, room := range a.rooms {
+		err := a.badAt[room]
+		if err == nil {
+			err = c.Join(ctx, room, a.cursor[room], a.at[room])
+		}
+		if err != nil {
 			c.Send(realtime.Control{Type: realtime.TypeError, Room: room, Code: errorCode(err), Message: err.Error()})
 		}
 	}

@@ -135,7 +135,7 @@ func (e *sseEndpoint) handle(c echo.Context) error {
 	}
 	// Joining runs beside the write loop, so replayed history streams out
 	// while later rooms are still joining.
-	go e.clients.joinAll(req.Context(), client, rooms, cursor)
+	go e.clients.joinAll(req.Context(), client, a)
 
 	var spare []realtime.Frame
 	heartbeat := time.NewTicker(e.heartbeat)

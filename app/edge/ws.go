@@ -188,7 +188,7 @@ func newWSEndpoint(cfg Config, admit *admitter, clients *registry, m *metrics, l
 	return e
 }
 
-// handle upgrades GET /ws?rooms=a,b&lastEventId=<cursor>&token=<jwt>; rooms
+// handle upgrades GET /ws?rooms=a,b&lastEventId=<cursor>&position=<token>&token=<jwt>; rooms
 // may be empty (the client subscribes by message). Requests that cannot
 // connect are refused before the upgrade with an HTTP status and a JSON
 // error.
@@ -217,7 +217,7 @@ func (e *wsEndpoint) connected(ms *melody.Session) {
 	c, expiry := e.clients.start(t, "websocket", a.grant)
 	ms.Set(connKey, &wsConn{client: c, t: t, grant: a.grant,
 		limiter: rate.NewLimiter(rate.Limit(e.msgRate), int(2*e.msgRate)), expiry: expiry})
-	e.clients.joinAll(ms.Request.Context(), c, a.rooms, a.cursor)
+	e.clients.joinAll(ms.Request.Context(), c, a)
 }
 
 func sessionConn(ms *melody.Session) *wsConn {
@@ -240,7 +240,7 @@ func (e *wsEndpoint) inbound(conn *wsConn, b []byte) {
 	in, err := ParseInbound(b)
 	if err != nil {
 		e.refused.WithLabelValues("bad_request").Inc()
-		c.Send(realtime.Control{Type: realtime.TypeError, Code: errorCode(err), Message: err.Error()})
+		c.Send(realtime.Control{Type: realtime.TypeError, Room: in.Room, Code: errorCode(err), Message: err.Error()})
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), e.clients.joinTimeout)
@@ -254,7 +254,7 @@ func (e *wsEndpoint) inbound(conn *wsConn, b []byte) {
 			c.Send(realtime.Control{Type: realtime.TypeError, Room: in.Room, Code: "forbidden", Message: "room not allowed by token"})
 			return
 		}
-		if err := c.Join(ctx, in.Room, in.Since); err != nil {
+		if err := c.Join(ctx, in.Room, in.Since, in.At); err != nil {
 			c.Send(realtime.Control{Type: realtime.TypeError, Room: in.Room, Code: errorCode(err), Message: err.Error()})
 		}
 	case "unsubscribe":

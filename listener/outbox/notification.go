@@ -9,6 +9,7 @@ import (
 // (migration 00004): the row as it was written to the outbox.
 type notifiedRow struct {
 	ID     int64           `json:"i"`
+	Tx     int64           `json:"x"` // the capturing transaction (0 before migration 00006)
 	Room   string          `json:"r"`
 	Table  string          `json:"t"`
 	Op     string          `json:"o"`
@@ -31,7 +32,7 @@ func ParseNotification(payload string) (row Row, ok bool) {
 	if n.ID <= 0 || n.Room == "" || n.Table == "" || n.Op == "" || len(n.Data) == 0 {
 		return Row{}, false
 	}
-	return Row{ID: n.ID, Room: n.Room, Table: n.Table, Op: n.Op, Data: n.Data, CapturedAt: time.UnixMicro(n.AtUsec)}, true
+	return Row{ID: n.ID, Room: n.Room, Table: n.Table, Op: n.Op, Data: n.Data, CapturedAt: time.UnixMicro(n.AtUsec), Tx: n.Tx}, true
 }
 
 // ParseMessage returns the row a WAL-mode capture message carries (the
@@ -45,5 +46,5 @@ func ParseMessage(content []byte, id int64) (row Row, ok bool) {
 	if n.Room == "" || n.Table == "" || n.Op == "" || len(n.Data) == 0 {
 		return Row{}, false
 	}
-	return Row{ID: id, Room: n.Room, Table: n.Table, Op: n.Op, Data: n.Data, CapturedAt: time.UnixMicro(n.AtUsec)}, true
+	return Row{ID: id, Room: n.Room, Table: n.Table, Op: n.Op, Data: n.Data, CapturedAt: time.UnixMicro(n.AtUsec), Tx: n.Tx}, true
 }

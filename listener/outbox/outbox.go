@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/rowcast/rowcast/realtime"
@@ -23,6 +24,10 @@ type Row struct {
 	Op         string
 	Data       []byte // the row as JSON text
 	CapturedAt time.Time
+	// Tx is the id of the transaction that made the change (0 for a row
+	// captured before migration 00006): a snapshot position tells by it
+	// whether a page already showed the change.
+	Tx int64
 }
 
 // Store accesses the outbox through a pool. It is safe for concurrent use.
@@ -58,26 +63,27 @@ func (p WALProgress) Covers(commit, lsn int64) bool {
 }
 
 const selectOldest = `
-	SELECT id, room, table_name, op, row_data::text, captured_at
+	SELECT id, room, table_name, op, row_data::text, captured_at, coalesce(tx::text::bigint, 0)
 	FROM rowcast.outbox ORDER BY id LIMIT $1`
 
 const deleteIDs = `DELETE FROM rowcast.outbox WHERE id = ANY($1)`
 
 // record stores rooms' new positions.
 const record = `
-	INSERT INTO rowcast.room_position AS p (room, epoch, last_offset, redis_run, updated_at)
-	SELECT room, epoch, last_offset, redis_run, now()
-	FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) AS u(room, epoch, last_offset, redis_run)
+	INSERT INTO rowcast.room_position AS p (room, epoch, last_offset, redis_run, max_tx, updated_at)
+	SELECT room, epoch, last_offset, redis_run, max_tx, now()
+	FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[]) AS u(room, epoch, last_offset, redis_run, max_tx)
 	ON CONFLICT (room) DO UPDATE SET epoch = EXCLUDED.epoch, last_offset = EXCLUDED.last_offset,
-		redis_run = EXCLUDED.redis_run, updated_at = EXCLUDED.updated_at`
+		redis_run = EXCLUDED.redis_run, max_tx = EXCLUDED.max_tx, updated_at = EXCLUDED.updated_at`
 
 // mark returns the recorded positions of rooms $1 and marks them as in
 // flight for session $2, in one statement (Postgres runs a data-modifying
 // WITH part whether or not it is read; the positions come from the
-// statement's snapshot, before the mark).
+// statement's snapshot, before the mark). Every room comes back, one without
+// a position with the database's history floor as its highest transaction.
 const mark = `
 	WITH prior AS (
-		SELECT room, epoch, last_offset, redis_run, inflight
+		SELECT room, epoch, last_offset, redis_run, inflight, max_tx
 		FROM rowcast.room_position WHERE room = ANY($1)
 	), marked AS (
 		INSERT INTO rowcast.room_position AS p (room, inflight)
@@ -85,7 +91,9 @@ const mark = `
 		ON CONFLICT (room) DO UPDATE SET inflight = EXCLUDED.inflight
 		WHERE p.inflight IS DISTINCT FROM EXCLUDED.inflight
 	)
-	SELECT room, epoch, last_offset, redis_run, coalesce(inflight, '') FROM prior`
+	SELECT u.room, coalesce(p.epoch, ''), coalesce(p.last_offset, 0), coalesce(p.redis_run, ''),
+		coalesce(p.inflight, ''), greatest(coalesce(p.max_tx, 0), (SELECT history_floor FROM rowcast.source))
+	FROM unnest($1::text[]) AS u(room) LEFT JOIN prior AS p USING (room)`
 
 // Oldest returns up to limit rows in id order. Rows stay in the outbox until
 // Record: a crash after Oldest loses nothing.
@@ -115,13 +123,14 @@ func (s *Store) Mark(ctx context.Context, session string, rooms []realtime.Room)
 	out := make(map[realtime.Room]realtime.Position, len(rooms))
 	var (
 		room, epoch, run, inflight string
-		offset                     int64
+		offset, maxTx              int64
 	)
-	_, err = pgx.ForEachRow(rows, []any{&room, &epoch, &offset, &run, &inflight}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&room, &epoch, &offset, &run, &inflight, &maxTx}, func() error {
 		out[realtime.Room(room)] = realtime.Position{
 			Last:   realtime.ID{Epoch: epoch, Offset: uint64(offset)},
 			Run:    run,
 			Unsure: inflight != "" && inflight != session,
+			MaxTx:  uint64(maxTx),
 		}
 		return nil
 	})
@@ -194,20 +203,22 @@ func queueRecord(b *pgx.Batch, p Published) {
 	}
 	n := len(p.Positions)
 	rooms, epochs, offsets, runs := make([]string, 0, n), make([]string, 0, n), make([]int64, 0, n), make([]string, 0, n)
+	maxTxs := make([]int64, 0, n)
 	for r, pos := range p.Positions {
 		rooms = append(rooms, string(r))
 		epochs = append(epochs, pos.Last.Epoch)
 		offsets = append(offsets, int64(pos.Last.Offset))
 		runs = append(runs, pos.Run)
+		maxTxs = append(maxTxs, int64(pos.MaxTx))
 	}
-	b.Queue(record, rooms, epochs, offsets, runs)
+	b.Queue(record, rooms, epochs, offsets, runs, maxTxs)
 }
 
 func collect(rows pgx.Rows) ([]Row, error) {
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Row, error) {
 		var row Row
 		var data string
-		err := r.Scan(&row.ID, &row.Room, &row.Table, &row.Op, &data, &row.CapturedAt)
+		err := r.Scan(&row.ID, &row.Room, &row.Table, &row.Op, &data, &row.CapturedAt, &row.Tx)
 		row.Data = []byte(data)
 		return row, err
 	})
@@ -222,7 +233,8 @@ func collect(rows pgx.Rows) ([]Row, error) {
 func (s *Store) Reject(ctx context.Context, ids []int64, reason string) error {
 	_, err := s.pool.Exec(ctx, `
 		WITH moved AS (DELETE FROM rowcast.outbox WHERE id = ANY($1) RETURNING *)
-		INSERT INTO rowcast.rejected SELECT moved.*, $2 FROM moved`, ids, reason)
+		INSERT INTO rowcast.rejected (id, room, table_name, op, row_data, captured_at, tx, reason)
+		SELECT id, room, table_name, op, row_data, captured_at, tx, $2 FROM moved`, ids, reason)
 	if err != nil {
 		return fmt.Errorf("reject %d outbox rows: %w", len(ids), err)
 	}
@@ -338,9 +350,9 @@ func (s *Store) ForgetProgress(ctx context.Context, slot string) error {
 func (s *Store) RejectRows(ctx context.Context, rows []Row, reason string) error {
 	b := &pgx.Batch{}
 	for _, r := range rows {
-		b.Queue(`INSERT INTO rowcast.rejected (id, room, table_name, op, row_data, captured_at, reason)
-			VALUES ($1, $2, $3, $4, coalesce($5::text::jsonb, 'null'), $6, $7)`,
-			r.ID, r.Room, r.Table, r.Op, validJSON(r.Data), r.CapturedAt, reason)
+		b.Queue(`INSERT INTO rowcast.rejected (id, room, table_name, op, row_data, captured_at, tx, reason)
+			VALUES ($1, $2, $3, $4, coalesce($5::text::jsonb, 'null'), $6, nullif($7, 0)::text::xid8, $8)`,
+			r.ID, r.Room, r.Table, r.Op, validJSON(r.Data), r.CapturedAt, r.Tx, reason)
 	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("reject %d rows: %w", len(rows), err)
@@ -365,11 +377,32 @@ func validJSON(data []byte) string {
 const LostEpoch = "lost"
 
 // LoseAll records that changes of every room may have been lost, and
-// returns how many rooms it marked.
+// returns how many rooms it marked. Every lost change was committed before
+// now, so the history floor (of every room, and of rooms without a position)
+// rises to the current snapshot's xmax: a snapshot position from before the
+// loss is told to reset.
 func (s *Store) LoseAll(ctx context.Context) (int64, error) {
-	tag, err := s.pool.Exec(ctx, `UPDATE rowcast.room_position SET epoch = $1, updated_at = now()`, LostEpoch)
-	if err != nil {
+	b := &pgx.Batch{}
+	floor := `pg_snapshot_xmax(pg_current_snapshot())::text::bigint`
+	rooms := b.Queue(`UPDATE rowcast.room_position SET epoch = $1, max_tx = greatest(max_tx, `+floor+`), updated_at = now()`, LostEpoch)
+	var n int64
+	rooms.Exec(func(tag pgconn.CommandTag) error {
+		n = tag.RowsAffected()
+		return nil
+	})
+	b.Queue(`UPDATE rowcast.source SET history_floor = greatest(history_floor, ` + floor + `)`)
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return 0, fmt.Errorf("mark every room's history lost: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	return n, nil
+}
+
+// Source returns the id that names this database in snapshot positions
+// (migration 00006).
+func (s *Store) Source(ctx context.Context) (string, error) {
+	var id string
+	if err := s.pool.QueryRow(ctx, `SELECT id FROM rowcast.source`).Scan(&id); err != nil {
+		return "", fmt.Errorf("read the database's source id: %w", err)
+	}
+	return id, nil
 }

@@ -174,6 +174,15 @@ func TestCaptureTrigger(t *testing.T) {
 	if err != nil || !strings.Contains(string(big[len(big)-1].Data), strings.Repeat("x", 100_000)) {
 		t.Fatalf("big row not captured whole: %v", err)
 	}
+	// Each row carries the transaction that made it, which snapshot
+	// positions are checked against.
+	var last int64
+	if err := db.QueryRow(ctx, `SELECT xmin::text::bigint FROM public.account WHERE id = 200`).Scan(&last); err != nil {
+		t.Fatal(err)
+	}
+	if got := big[len(big)-1].Tx; got == 0 || uint32(got) != uint32(last) {
+		t.Errorf("outbox row's tx %d, want the inserting transaction (xmin %d)", got, last)
+	}
 }
 
 // Positions: marking a room returns its recorded position; a mark left by
@@ -204,13 +213,13 @@ func TestMarkAndRecordPositions(t *testing.T) {
 	if got := mark("s1", "r1"); got["r1"].Unsure {
 		t.Fatalf("marked again by its own session: %+v, want not unsure", got["r1"])
 	}
-	rec := realtime.Position{Last: realtime.ID{Epoch: "e1", Offset: 1}, Run: "run1"}
+	rec := realtime.Position{Last: realtime.ID{Epoch: "e1", Offset: 1}, Run: "run1", MaxTx: 42}
 	if err := store.Record(ctx, outbox.Published{Positions: map[realtime.Room]realtime.Position{"r1": rec}}); err != nil {
 		t.Fatal(err)
 	}
 	// s1 dies; s2 takes over: both rooms are unsure, r1 at its record.
 	got := mark("s2", "r1", "r2")
-	if want := (realtime.Position{Last: rec.Last, Run: rec.Run, Unsure: true}); got["r1"] != want || !got["r2"].Unsure {
+	if want := (realtime.Position{Last: rec.Last, Run: rec.Run, Unsure: true, MaxTx: rec.MaxTx}); got["r1"] != want || !got["r2"].Unsure {
 		t.Fatalf("after s1 died: %+v, want r1 %+v and r2 unsure", got, want)
 	}
 	// s2 ends cleanly with r2 stuck: r1's mark goes, r2 keeps it.
@@ -234,6 +243,21 @@ func TestMarkAndRecordPositions(t *testing.T) {
 	}
 	if left, err := pgx.CollectRows(rows, pgx.RowTo[string]); err != nil || len(left) != 1 || left[0] != "r2" {
 		t.Fatalf("positions left after forgetting idle rooms: %v, %v; want [r2] (marked by s3)", left, err)
+	}
+
+	// Changes lost before they were published (an invalidated WAL slot):
+	// every room's floor, and that of rooms without a position, rises to
+	// the current transaction horizon, above every lost change.
+	var horizon uint64
+	if err := pool.QueryRow(ctx, `SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint`).Scan(&horizon); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.LoseAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got = mark("s5", "r2", "fresh")
+	if got["r2"].MaxTx < horizon || got["fresh"].MaxTx < horizon || got["r2"].Last.Epoch != outbox.LostEpoch {
+		t.Fatalf("after LoseAll: %+v; want both floors at or above %d and r2's epoch %q", got, horizon, outbox.LostEpoch)
 	}
 }
 

@@ -3,6 +3,7 @@ package relay
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/rowcast/rowcast/listener/outbox"
@@ -11,7 +12,8 @@ import (
 )
 
 // encode turns an outbox row into the event the publisher appends: the wire
-// JSON without its id, which the publish script assigns. A row whose JSON is
+// JSON without its id, which the publish script assigns. "tx" comes first:
+// the script and the edge read it with a prefix match. A row whose JSON is
 // larger than maxData travels with "data":null and "truncated":true, so
 // clients learn of the change and can fetch the row themselves.
 func encode(row outbox.Row, maxData int) (redisbus.Event, error) {
@@ -25,7 +27,13 @@ func encode(row outbox.Row, maxData int) (redisbus.Event, error) {
 	if truncated {
 		data = []byte("null")
 	}
-	tail := make([]byte, 0, len(data)+len(room)+len(table)+96)
+	tail := make([]byte, 0, len(data)+len(room)+len(table)+128)
+	if row.Tx > 0 {
+		// Right after the id, where the edge reads it without decoding
+		// the event (see realtime.ParseMessage).
+		tail = append(tail, `,"tx":`...)
+		tail = strconv.AppendInt(tail, row.Tx, 10)
+	}
 	tail = append(tail, `,"room":"`...)
 	tail = append(tail, room...) // room characters need no escaping
 	tail = append(tail, `","table":`...)

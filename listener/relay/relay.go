@@ -63,14 +63,15 @@ type Relay struct {
 	// (for metrics).
 	OnBatch func(BatchReport)
 
-	lastForget time.Time                           // used by the session goroutine only
-	stuck      map[realtime.Room]stuckRoom         // the session's rooms to publish again; see publish
-	known      map[realtime.Room]realtime.Position // the session's marked rooms, as recorded; see positions
-	recent     *idSet                              // outbox ids the session published; see notified
-	maxRead    int64                               // highest outbox id the session read from the outbox
-	awake      bool                                // writers may believe the session drains (state Drain): it must sleep before waiting
-	fence      int64                               // after a sleep: transactions below it may have read Drain (0: none)
-	fencePause time.Duration                       // wait between outbox reads while the fence is pending
+	lastForget   time.Time                           // used by the session goroutine only
+	lastAnnounce time.Time                           // used by the session goroutine only
+	stuck        map[realtime.Room]stuckRoom         // the session's rooms to publish again; see publish
+	known        map[realtime.Room]realtime.Position // the session's marked rooms, as recorded; see positions
+	recent       *idSet                              // outbox ids the session published; see notified
+	maxRead      int64                               // highest outbox id the session read from the outbox
+	awake        bool                                // writers may believe the session drains (state Drain): it must sleep before waiting
+	fence        int64                               // after a sleep: transactions below it may have read Drain (0: none)
+	fencePause   time.Duration                       // wait between outbox reads while the fence is pending
 
 	leader    atomic.Bool
 	readyOnce sync.Once
@@ -146,6 +147,7 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 		defer cancel()
 		_, _ = conn.Exec(rctx, "SELECT pg_advisory_unlock($1)", LockKey)
 	}()
+	r.announce(ctx)
 	if r.wal != nil {
 		return r.relayWAL(ctx, conn, session)
 	}
@@ -196,7 +198,7 @@ func (r *Relay) relayOutbox(ctx context.Context, conn *pgx.Conn, session string)
 			if perr != nil {
 				return fmt.Errorf("ping listen connection: %w", perr)
 			}
-			r.forgetIdle(ctx, session)
+			r.upkeep(ctx, session)
 			nextPoll = time.Now().Add(r.cfg.PollInterval)
 		}
 		var first []outbox.Row
@@ -262,6 +264,35 @@ func (r *Relay) release(ctx context.Context, session string) {
 	defer cancel()
 	if err := r.store.Release(rctx, session, keep); err != nil {
 		r.log.Warn("release room marks", "err", err)
+	}
+}
+
+// upkeep is the leader's periodic work beside relaying, on each safety
+// poll: announce the database, forget idle rooms.
+func (r *Relay) upkeep(ctx context.Context, session string) {
+	if time.Since(r.lastAnnounce) >= announceEvery {
+		r.announce(ctx)
+	}
+	r.forgetIdle(ctx, session)
+}
+
+// announceEvery is how often the leader tells edges again which database
+// the events come from: a Redis restarted without persistence forgot it.
+const announceEvery = 30 * time.Second
+
+// announce tells edges which database the events come from, so they refuse
+// snapshot positions of another one. A failure is logged and retried at the
+// next upkeep; meanwhile edges keep what they read before.
+func (r *Relay) announce(ctx context.Context) {
+	r.lastAnnounce = time.Now()
+	actx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	src, err := r.store.Source(actx)
+	if err == nil {
+		err = r.pub.Announce(actx, src)
+	}
+	if err != nil {
+		r.log.Warn("announce the database to edges", "err", err)
 	}
 }
 

@@ -117,7 +117,7 @@ func (r *Relay) relayWAL(ctx context.Context, conn *pgx.Conn, session string) er
 			if perr != nil {
 				return fmt.Errorf("ping lock connection: %w", perr)
 			}
-			r.forgetIdle(ctx, session)
+			r.upkeep(ctx, session)
 			nextPoll = time.Now().Add(r.cfg.PollInterval)
 			continue
 		}

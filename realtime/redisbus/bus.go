@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -873,6 +874,76 @@ func (b *Bus) History(ctx context.Context, room realtime.Room, after realtime.ID
 		return nil, fmt.Errorf("history %q after %s: %d of %d events held: %w", room, after, len(msgs), seq-after.Offset, realtime.ErrHistoryLost)
 	}
 	return msgs, nil
+}
+
+// Retained implements realtime.Bus.
+func (b *Bus) Retained(ctx context.Context, room realtime.Room) ([]realtime.Message, uint64, error) {
+	k := keysFor(room)
+	pipe := b.client.Pipeline()
+	epochCmd := pipe.Get(ctx, k.epoch)
+	seqCmd := pipe.Get(ctx, k.seq)
+	maxCmd := pipe.Get(ctx, k.maxTx)
+	rangeCmd := pipe.XRange(ctx, k.history, "-", "+")
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, 0, fmt.Errorf("history %q: %w", room, err)
+	}
+	epoch, _ := epochCmd.Result()
+	maxTx, _ := maxCmd.Uint64()
+	if epoch == "" {
+		// Never used, or expired with its events: those are older than
+		// the history TTL, which Origin lets the caller check.
+		return nil, maxTx, nil
+	}
+	seq, _ := seqCmd.Uint64()
+	entries, _ := rangeCmd.Result()
+	if len(entries) == 0 {
+		return nil, maxTx, nil // every event is below the room's highest
+	}
+	msgs := make([]realtime.Message, 0, len(entries))
+	var first, next uint64
+	for i, e := range entries {
+		off, _, _ := strings.Cut(e.ID, "-")
+		n, _ := strconv.ParseUint(off, 10, 64)
+		if i == 0 {
+			first, next = n, n
+		}
+		if n != next {
+			return nil, 0, fmt.Errorf("history %q: entry %s after %d: %w", room, e.ID, next-1, realtime.ErrHistoryLost)
+		}
+		data, _ := e.Values["e"].(string)
+		m, err := realtime.ParseMessage(room, []byte(data))
+		if err != nil {
+			return nil, 0, fmt.Errorf("history %q entry %s: %w", room, e.ID, err)
+		}
+		msgs = append(msgs, m)
+		next++
+	}
+	if next <= seq {
+		return nil, 0, fmt.Errorf("history %q: holds up to %d of %d: %w", room, next-1, seq, realtime.ErrHistoryLost)
+	}
+	floor, err := strconv.ParseUint(fmt.Sprint(entries[0].Values["f"]), 10, 64)
+	if err != nil {
+		// An entry written before floors were: nothing is known of what
+		// came before it, unless nothing did.
+		floor = math.MaxUint64
+		if first == 1 {
+			floor = 0
+		}
+	}
+	return msgs, floor, nil
+}
+
+// sourceKey holds the id of the database whose events the bus carries; the
+// leading listener writes it (Publisher.Announce).
+const sourceKey = "rowcast:source"
+
+// Origin implements realtime.Bus.
+func (b *Bus) Origin(ctx context.Context) (realtime.Origin, error) {
+	src, err := b.client.Get(ctx, sourceKey).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return realtime.Origin{}, fmt.Errorf("read the source database's id: %w", err)
+	}
+	return realtime.Origin{Source: src, HistoryTTL: b.opts.HistoryTTL}, nil
 }
 
 func isTimeout(err error) bool {

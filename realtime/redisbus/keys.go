@@ -9,7 +9,7 @@ import (
 // roomKeys names the Redis keys of one room. The "{room}" hash tag keeps them
 // in one Cluster slot; room names cannot contain braces.
 type roomKeys struct {
-	epoch, seq, history, published, channel string
+	epoch, seq, history, published, maxTx, channel string
 }
 
 const keyPrefix = "rowcast:{"
@@ -21,6 +21,7 @@ func keysFor(r realtime.Room) roomKeys {
 		seq:       base + ":seq",
 		history:   base + ":history",
 		published: base + ":published",
+		maxTx:     base + ":maxtx",
 		channel:   base + ":live",
 	}
 }

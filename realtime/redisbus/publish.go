@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -38,14 +39,20 @@ const dedupeKeep = 10000
 // offsets have no holes and the history, the live channel and the dedupe set
 // (member: outbox id, score: the offset it got) agree.
 //
-// KEYS: epoch, seq, history, published. ARGV: 1 candidate epoch, 2 history
-// length, 3 ttl ms, 4 dedupe keep, 5 channel, 6 recorded epoch, 7 recorded
-// offset, 8 recorded run, 9 unsure ("1" or "0"), 10 the publish command
-// (PUBLISH or SPUBLISH), 11 whether to read the run_id ("1" or "0"; INFO is
-// the script's costliest call, so the publisher asks about once a second
-// per room, and always when unsure), then pairs of (outbox id, tail).
+// KEYS: epoch, seq, history, published, maxtx. ARGV: 1 candidate epoch, 2
+// history length, 3 ttl ms, 4 dedupe keep, 5 channel, 6 recorded epoch, 7
+// recorded offset, 8 recorded run, 9 unsure ("1" or "0"), 10 the publish
+// command (PUBLISH or SPUBLISH), 11 whether to read the run_id ("1" or "0";
+// INFO is the script's costliest call, so the publisher asks about once a
+// second per room, and always when unsure), 12 the recorded highest
+// transaction id, then pairs of (outbox id, tail).
 // Returns {epoch, offset, run or "" when not read, new events, why a new
-// epoch began or ""}.
+// epoch began or "", highest transaction id}.
+//
+// Each history entry stores, beside the event, the highest transaction id
+// of the room's events before it ("f", the floor): a snapshot position
+// whose xmin is above the oldest entry's floor saw everything trimmed or
+// lost before it (see Bus.Retained).
 var publishScript = redis.NewScript(`
 -- The server's run_id changes with every restart and failover. A Redis
 -- that will not tell gives '' and is never trusted to have kept a publish.
@@ -80,7 +87,7 @@ local function check()
     -- Redis is ahead: only a publish that was not recorded, of rows still in
     -- the outbox (so in this batch), explains it.
     local batch = {}
-    for i = 12, #ARGV, 2 do batch[ARGV[i]] = true end
+    for i = 13, #ARGV, 2 do batch[ARGV[i]] = true end
     local ahead = redis.call('ZRANGE', KEYS[4], '(' .. recOff, seq, 'BYSCORE')
     if #ahead ~= seq - recOff then return 'ahead, not explained' end
     for _, id in ipairs(ahead) do
@@ -97,13 +104,16 @@ if why ~= '' or not epoch then
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
   redis.call('SET', KEYS[1], epoch)
 end
+-- The floor never goes down: a new epoch keeps what Postgres recorded.
+local maxtx = math.max(tonumber(redis.call('GET', KEYS[5]) or '0'), tonumber(ARGV[12]))
 local n = 0
-for i = 12, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   if redis.call('ZADD', KEYS[4], 'NX', seq + 1, ARGV[i]) == 1 then
     seq = seq + 1
     local msg = '{"id":"' .. epoch .. '-' .. seq .. '"' .. ARGV[i+1]
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', msg)
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', msg, 'f', string.format('%.0f', maxtx))
     redis.call(ARGV[10], ARGV[5], msg)
+    maxtx = math.max(maxtx, tonumber(string.match(ARGV[i+1], '^,"tx":(%d+)') or '0'))
     n = n + 1
   end
 end
@@ -111,10 +121,11 @@ if n > 0 then
   redis.call('SET', KEYS[2], seq)
   redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[4]) + 1))
 end
-for k = 1, 4 do
+redis.call('SET', KEYS[5], string.format('%.0f', maxtx))
+for k = 1, 5 do
   redis.call('PEXPIRE', KEYS[k], ARGV[3])
 end
-return {epoch, seq, run, n, why}
+return {epoch, seq, run, n, why, string.format('%.0f', maxtx)}
 `)
 
 // Publisher appends events to rooms' histories and live channels. It is safe
@@ -237,7 +248,7 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded ma
 				readRun = "1"
 			}
 			args = []any{epoch, p.limits.Len, p.limits.TTL.Milliseconds(), dedupeKeep, keysFor(e.Room).channel,
-				rec.Last.Epoch, rec.Last.Offset, rec.Run, flag(rec.Unsure), p.kind.publishCommand(), readRun}
+				rec.Last.Epoch, rec.Last.Offset, rec.Run, flag(rec.Unsure), p.kind.publishCommand(), readRun, rec.MaxTx}
 		}
 		byRoom[e.Room] = append(args, e.OutboxID, e.Tail)
 	}
@@ -245,7 +256,7 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded ma
 	cmds := p.run(ctx, rooms, byRoom)
 	for i, c := range cmds {
 		out, err := c.Slice()
-		if err == nil && len(out) != 5 {
+		if err == nil && len(out) != 6 {
 			err = fmt.Errorf("publish script answered %v", out)
 		}
 		if err != nil {
@@ -260,6 +271,7 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded ma
 		run, _ := out[2].(string)
 		n, _ := out[3].(int64)
 		why, _ := out[4].(string)
+		maxTx, _ := out[5].(string)
 		p.mu.Lock()
 		if run != "" {
 			if len(p.runs) >= maxSeenRuns {
@@ -270,7 +282,8 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded ma
 			run = p.runs[rooms[i]].id
 		}
 		p.mu.Unlock()
-		res.Positions[rooms[i]] = realtime.Position{Last: realtime.ID{Epoch: ep, Offset: uint64(off)}, Run: run}
+		mt, _ := strconv.ParseUint(maxTx, 10, 64)
+		res.Positions[rooms[i]] = realtime.Position{Last: realtime.ID{Epoch: ep, Offset: uint64(off)}, Run: run, MaxTx: mt}
 		res.New += int(n)
 		if why != "" {
 			if res.Restarted == nil {
@@ -278,6 +291,16 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded ma
 			}
 			res.Restarted[rooms[i]] = why
 		}
+	}
+	return nil
+}
+
+// Announce tells edges which database the events come from, so they can
+// refuse another database's snapshot positions. The leading listener calls
+// it when it starts and now and then (a Redis restart loses it).
+func (p *Publisher) Announce(ctx context.Context, source string) error {
+	if err := p.client.Set(ctx, sourceKey, source, 0).Err(); err != nil {
+		return fmt.Errorf("announce source database %s: %w", source, err)
 	}
 	return nil
 }
@@ -297,7 +320,7 @@ func (p *Publisher) run(ctx context.Context, rooms []realtime.Room, args map[rea
 	cmds := make([]*redis.Cmd, len(rooms))
 	queue := func(pipe redis.Pipeliner, i int) *redis.Cmd {
 		k := keysFor(rooms[i])
-		return publishScript.EvalSha(ctx, pipe, []string{k.epoch, k.seq, k.history, k.published}, args[rooms[i]]...)
+		return publishScript.EvalSha(ctx, pipe, []string{k.epoch, k.seq, k.history, k.published, k.maxTx}, args[rooms[i]]...)
 	}
 	failed := func(err error) *redis.Cmd {
 		c := redis.NewCmd(ctx)
