@@ -88,7 +88,7 @@ func parsePositions(s string, rooms []realtime.Room) (at map[realtime.Room]*real
 			at[r] = snap
 		}
 	}
-	if realtime.IsPosition(s) {
+	if !strings.Contains(s, "@") { // one token for every room
 		for _, r := range rooms {
 			set(r, s)
 		}
@@ -97,7 +97,7 @@ func parsePositions(s string, rooms []realtime.Room) (at map[realtime.Room]*real
 	named := map[realtime.Room]string{}
 	for part := range strings.SplitSeq(s, ",") {
 		name, token, _ := strings.Cut(part, "@")
-		named[realtime.Room(name)] = token
+		named[realtime.Room(name)] = token // "" (no '@') is refused as a bad token
 	}
 	for _, r := range rooms {
 		if token, ok := named[r]; ok {

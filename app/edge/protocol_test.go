@@ -51,6 +51,9 @@ func TestParsePositions(t *testing.T) {
 	if len(at) != 1 || at["a"] == nil || !errors.Is(bad["b"], realtime.ErrBadPosition) || at["c"] != nil {
 		t.Fatalf("per room: %v, %v; want a from its token, b refused, c without", at, bad)
 	}
+	if at, bad := parsePositions("garbage", rooms); len(at) != 0 || !errors.Is(bad["c"], realtime.ErrBadPosition) {
+		t.Fatalf("garbage for every room: %v, %v; want every room refused", at, bad)
+	}
 	if at, bad := parsePositions("", rooms); at != nil || bad != nil {
 		t.Fatalf("none: %v, %v", at, bad)
 	}

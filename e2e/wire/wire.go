@@ -31,6 +31,7 @@ const (
 // Event is one row change as received.
 type Event struct {
 	ID    string          `json:"id"`
+	Tx    uint64          `json:"tx"` // the capturing transaction's id (0 when the server sends none)
 	Room  string          `json:"room"`
 	Table string          `json:"table"`
 	Op    string          `json:"op"`
@@ -80,6 +81,9 @@ type Options struct {
 	Buffer int
 	// Token is sent as the token query parameter.
 	Token string
+	// Position is sent as the position query parameter: a snapshot
+	// position (rowcast.position()) for every room, or room@token pairs.
+	Position string
 	// Header is sent with the request (e.g. Last-Event-ID, as a browser's
 	// EventSource does on reconnect).
 	Header http.Header
@@ -100,6 +104,9 @@ func Dial(ctx context.Context, base string, tr Transport, o Options) (*Conn, err
 	}
 	if o.Token != "" {
 		q.Set("token", o.Token)
+	}
+	if o.Position != "" {
+		q.Set("position", o.Position)
 	}
 	switch tr {
 	case WebSocket:
