@@ -36,7 +36,7 @@ func TestBadConfiguration(t *testing.T) {
 		{"listener with an unparsable DATABASE_URL", bins.listener, []string{"DATABASE_URL=postgres://%zz", "REDIS_URL=redis://" + closed}, nil, []string{"DATABASE_URL"}},
 		{"listener with Postgres unreachable", bins.listener, []string{"DATABASE_URL=postgres://u:p@" + closed + "/db", "REDIS_URL=redis://" + closed}, nil,
 			[]string{"DATABASE_URL", "connect"}},
-		{"migrate with Postgres unreachable", bins.listener, []string{"DATABASE_URL=postgres://u:p@" + closed + "/db", "REDIS_URL=redis://" + closed}, []string{"migrate"},
+		{"migrate with Postgres unreachable (and no REDIS_URL: migrations need none)", bins.listener, []string{"DATABASE_URL=postgres://u:p@" + closed + "/db", "REDIS_URL="}, []string{"migrate"},
 			[]string{"migrate", "DATABASE_URL"}},
 		{"listener with an unknown command", bins.listener, []string{"DATABASE_URL=postgres://u:p@" + closed + "/db", "REDIS_URL=redis://" + closed}, []string{"dance"},
 			[]string{"unknown command", "dance"}},
@@ -64,6 +64,10 @@ func TestBadConfiguration(t *testing.T) {
 	// and an app whose Redis is unreachable runs but reports not ready.
 	s := startStack(ctx, t)
 	fresh := strings.Replace(s.pgURL, "/rowcast?", "/postgres?", 1) // the server's default database, never migrated
+	if out, err := runOnce(ctx, bins.listener, []string{"DATABASE_URL=" + s.pgURL, "REDIS_URL="}, "migrate"); err != nil ||
+		!strings.Contains(out, "migrations applied") {
+		t.Errorf("migrate without REDIS_URL: %v\n%s", err, out)
+	}
 	out, err := runOnce(ctx, bins.listener, []string{"DATABASE_URL=" + fresh, "REDIS_URL=" + s.redisURL, "HEALTH_ADDR=127.0.0.1:0"})
 	if err == nil || !strings.Contains(out, "run `listener migrate` first") {
 		t.Errorf("unmigrated database: %v\n%s", err, out)

@@ -32,31 +32,17 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, log *slog.Logger) error {
-	cfg, err := service.ConfigFromEnv(os.LookupEnv)
-	if err != nil {
-		return fmt.Errorf("configuration: %w", err)
-	}
 	if len(args) > 0 {
 		switch args[0] {
 		case "migrate":
-			mctx, cancel := context.WithTimeout(ctx, time.Minute)
-			defer cancel()
-			if cfg.Capture == service.CaptureWAL {
-				if err := checkWAL(mctx, cfg.ListenDatabaseURL); err != nil {
-					return err
-				}
-			}
-			// Migrations take a session lock: use the direct connection, as
-			// a transaction-mode pooler would break it.
-			applied, err := migrations.Up(mctx, cfg.ListenDatabaseURL)
-			if err != nil {
-				return fmt.Errorf("migrate LISTEN_DATABASE_URL (or DATABASE_URL): %w", err)
-			}
-			log.Info("migrations applied", "versions", applied)
-			return nil
+			return migrate(ctx, log)
 		default:
 			return fmt.Errorf("unknown command %q (want: migrate, or none to run)", args[0])
 		}
+	}
+	cfg, err := service.ConfigFromEnv(os.LookupEnv)
+	if err != nil {
+		return fmt.Errorf("configuration: %w", err)
 	}
 	m, err := service.New(ctx, cfg, log)
 	if err != nil {
@@ -68,6 +54,29 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 	return m.Run(ctx)
+}
+
+// migrate applies the SQL migrations; it needs only Postgres.
+func migrate(ctx context.Context, log *slog.Logger) error {
+	cfg, err := service.MigrateConfigFromEnv(os.LookupEnv)
+	if err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if cfg.Capture == service.CaptureWAL {
+		if err := checkWAL(ctx, cfg.ListenDatabaseURL); err != nil {
+			return err
+		}
+	}
+	// Migrations take a session lock: use the direct connection, as a
+	// transaction-mode pooler would break it.
+	applied, err := migrations.Up(ctx, cfg.ListenDatabaseURL)
+	if err != nil {
+		return fmt.Errorf("migrate LISTEN_DATABASE_URL (or DATABASE_URL): %w", err)
+	}
+	log.Info("migrations applied", "versions", applied)
+	return nil
 }
 
 // checkWAL refuses to prepare WAL capture on a server without

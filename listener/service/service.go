@@ -72,6 +72,28 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	return c, r.Err()
 }
 
+// MigrateConfig is what `listener migrate` needs: Postgres only.
+type MigrateConfig struct {
+	ListenDatabaseURL string // migrations take a session lock: a direct connection
+	Capture           string
+}
+
+// MigrateConfigFromEnv reads the migration's configuration; REDIS_URL and
+// the relay's settings are not read, so a bad or missing one does not stop
+// a migration.
+func MigrateConfigFromEnv(lookup func(string) (string, bool)) (MigrateConfig, error) {
+	r := env.New(lookup)
+	db := r.URL("DATABASE_URL", "", "postgres", "postgresql")
+	c := MigrateConfig{
+		ListenDatabaseURL: r.URL("LISTEN_DATABASE_URL", db, "postgres", "postgresql"),
+		Capture:           r.String("ROWCAST_CAPTURE", CaptureNotify),
+	}
+	if c.Capture != CaptureNotify && c.Capture != CaptureWAL {
+		r.Fail("ROWCAST_CAPTURE", "%q: want %s or %s", c.Capture, CaptureNotify, CaptureWAL)
+	}
+	return c, r.Err()
+}
+
 // The capture modes ROWCAST_CAPTURE takes.
 const (
 	CaptureNotify = "notify"
