@@ -25,7 +25,8 @@ func TestBadConfiguration(t *testing.T) {
 		args []string
 		want []string // all must appear in the output
 	}{
-		{"app without REDIS_URL", bins.app, []string{"REDIS_URL="}, nil, []string{"REDIS_URL: required"}},
+		{"app without REDIS_URL or DATABASE_URL", bins.app, []string{"REDIS_URL=", "DATABASE_URL="}, nil, []string{"REDIS_URL is not set", "DATABASE_URL: required"}},
+		{"app without REDIS_URL, Postgres unreachable", bins.app, []string{"REDIS_URL=", "DATABASE_URL=postgres://u:p@" + closed + "/db"}, nil, []string{"DATABASE_URL"}},
 		{"app with a non-redis URL", bins.app, []string{"REDIS_URL=http://x"}, nil, []string{"REDIS_URL", "scheme", "want one of [redis rediss]"}},
 		{"app with a bad listen address", bins.app, []string{"REDIS_URL=redis://" + closed, "LISTEN_ADDR=nonsense"}, nil, []string{"LISTEN_ADDR", "nonsense"}},
 		{"app with bad numbers", bins.app, []string{"REDIS_URL=redis://" + closed, "ROWCAST_MAX_ROOMS=0", "ROWCAST_HEARTBEAT=soon"}, nil,

@@ -238,6 +238,52 @@ func (h *Hub) HandleMessage(ctx context.Context, m Message) {
 	if e.reaped {
 		return
 	}
+	h.handleLocked(ctx, e, m)
+}
+
+// HandleBatch is HandleMessage for consecutive messages of one room that
+// were published together (an in-process bus hands them over at once):
+// they go out in as few frames as possible, so a burst does not fill the
+// clients' queues one event per frame.
+func (h *Hub) HandleBatch(ctx context.Context, msgs []Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	h.mu.RLock()
+	e := h.rooms[msgs[0].Room]
+	h.mu.RUnlock()
+	if e == nil {
+		return
+	}
+	e.lastMu.Lock()
+	defer e.lastMu.Unlock()
+	if e.reaped {
+		return
+	}
+	var batch []Message
+	for i, m := range msgs {
+		if e.catching {
+			// A gap started a catch-up: the rest waits like any live
+			// message.
+			h.fanoutBatch(e, batch)
+			for _, rest := range msgs[i:] {
+				h.handleLocked(ctx, e, rest)
+			}
+			return
+		}
+		if h.deliverLocked(e, m, false, &batch) {
+			// m does not follow: what did goes out, then history fills in.
+			h.fanoutBatch(e, batch)
+			batch = nil
+			e.held = append(e.held, m)
+			h.startCatchUpLocked(ctx, m.Room, e)
+		}
+	}
+	h.fanoutBatch(e, batch)
+}
+
+// handleLocked is HandleMessage with e.lastMu held.
+func (h *Hub) handleLocked(ctx context.Context, e *hubRoom, m Message) {
 	if e.catching {
 		if len(e.held) == 0 && e.lostEpoch == "" && !e.last.IsZero() {
 			if isNew, gap := e.last.Follows(m.ID); isNew && !gap {

@@ -35,7 +35,7 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	r := env.New(lookup)
 	c := Config{
 		ListenAddr:   r.String("LISTEN_ADDR", ":8080"),
-		RedisURL:     connect.RedisURLFromEnv(r),
+		RedisURL:     optionalRedisURL(r),
 		MaxRooms:     r.Int("ROWCAST_MAX_ROOMS", 100, 1, 10000),
 		QueueSize:    r.Int("ROWCAST_QUEUE_SIZE", 256, 8, 65536),
 		MaxFrame:     r.Int("ROWCAST_MAX_FRAME_BYTES", 4096, 256, 1<<20),
@@ -62,6 +62,20 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	c.MaxConnsPerIP = r.Int("ROWCAST_MAX_CONNS_PER_IP", 256, 1, 1_000_000)
 	c.MsgRate = float64(r.Int("ROWCAST_MAX_MESSAGES_PER_SECOND", 20, 1, 100_000))
 	return c, r.Err()
+}
+
+// optionalRedisURL reads REDIS_URL, which may be empty: the app then runs
+// the pipeline in-process (see app/main.go).
+func optionalRedisURL(r *env.Reader) string {
+	v := r.String("REDIS_URL", "")
+	if v == "" {
+		return ""
+	}
+	if err := connect.CheckRedisURL(v); err != nil {
+		r.Fail("REDIS_URL", "%v", err)
+		return ""
+	}
+	return v
 }
 
 // list splits a comma-separated setting, dropping empty items.

@@ -72,3 +72,17 @@ func (o observed) HandleMessage(ctx context.Context, msg realtime.Message) {
 	}
 	o.Hub.HandleMessage(ctx, msg)
 }
+
+// HandleBatch counts and times like HandleMessage, for an in-process bus's
+// bursts.
+func (o observed) HandleBatch(ctx context.Context, msgs []realtime.Message) {
+	o.m.received.Add(float64(len(msgs)))
+	defer func() {
+		for _, msg := range msgs {
+			if at, ok := realtime.CapturedAt(msg.Data); ok {
+				o.m.latency.Observe(time.Since(at).Seconds())
+			}
+		}
+	}()
+	o.Hub.HandleBatch(ctx, msgs)
+}

@@ -42,9 +42,9 @@ type Server struct {
 	log     *slog.Logger
 	ln      net.Listener
 	echo    *echo.Echo
-	pages   *echo.Group // routes with request ids and request logs
-	rdb     redis.UniversalClient
-	bus     *redisbus.Bus
+	pages   *echo.Group           // routes with request ids and request logs
+	rdb     redis.UniversalClient // nil with a bus given to NewWithBus
+	bus     Bus
 	hub     *realtime.Hub
 	metrics *metrics
 	clients *registry
@@ -73,6 +73,35 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, ln: ln, rdb: rcfg.Client()}
 	s.bus = redisbus.New(s.rdb, redisbus.Options{Logger: log, ProbeInterval: cfg.ProbeEvery, HistoryTTL: cfg.HistoryTTL,
 		OnReconnect: func() { s.metrics.reconnects.Inc() }})
+	return s.build(authz), nil
+}
+
+// Bus is what the edge needs of its bus: realtime's contract, and whether
+// its live delivery is up (readiness).
+type Bus interface {
+	realtime.Bus
+	Connected() bool
+}
+
+// NewWithBus is New with an in-process bus instead of Redis (cfg.RedisURL
+// is not used): the process that publishes to bus is the only one whose
+// events its clients get.
+func NewWithBus(ctx context.Context, cfg Config, bus Bus, log *slog.Logger) (*Server, error) {
+	authz, err := auth.New(ctx, cfg.Auth)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("LISTEN_ADDR %q: %w", cfg.ListenAddr, err)
+	}
+	s := &Server{cfg: cfg, log: log, ln: ln, bus: bus}
+	return s.build(authz), nil
+}
+
+// build makes the hub and endpoints on s.bus.
+func (s *Server) build(authz *auth.Authorizer) *Server {
+	cfg, log := s.cfg, s.log
 	s.hub = realtime.NewHub(s.bus, log)
 	s.metrics = newMetrics(s.hub)
 	s.clients = newRegistry(cfg, s.hub, s.metrics.connections)
@@ -80,7 +109,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.ws = newWSEndpoint(cfg, s.admit, s.clients, s.metrics, log)
 	s.close = sync.OnceValue(s.release)
 	s.routes(newSSEEndpoint(cfg, s.admit, s.clients, s.metrics))
-	return s, nil
+	return s
 }
 
 // Addr returns the bound address (useful with LISTEN_ADDR=127.0.0.1:0).
@@ -99,6 +128,11 @@ func (s *Server) routes(sse *sseEndpoint) {
 	e.GET("/events", sse.handle)
 	s.pages = e.Group("", middleware.RequestID(), s.requestLog())
 	s.pages.FileFS("/rowcast.js", "static/rowcast.js", static)
+	types := echo.StaticFileHandler("static/rowcast.d.ts", static)
+	s.pages.GET("/rowcast.d.ts", func(c echo.Context) error { // by its extension alone, .ts is video/mp2t
+		c.Response().Header().Set(echo.HeaderContentType, "application/typescript; charset=utf-8")
+		return types(c)
+	})
 	s.echo = e
 }
 
@@ -202,5 +236,8 @@ func (s *Server) release() error {
 	if errors.Is(err, net.ErrClosed) { // Run's http.Server closed it
 		err = nil
 	}
-	return errors.Join(err, s.rdb.Close())
+	if s.rdb != nil {
+		err = errors.Join(err, s.rdb.Close())
+	}
+	return err
 }

@@ -44,6 +44,10 @@ type Config struct {
 	PollInterval  time.Duration // safety poll, and how often a standby retries the lock
 	MaxEventBytes int           // larger rows travel truncated
 	MaxBackoff    time.Duration // cap on the wait between reconnects
+	// Exclusive makes a relay that finds the lock taken stop (Run returns
+	// ErrAnotherLeader) instead of standing by: an app relaying to its own
+	// in-process bus cannot share events with another process's.
+	Exclusive bool
 	// ForgetAfter is how long a room's recorded position is kept after its
 	// last publish (0: forever). Redis forgets an idle room after its
 	// history TTL, so a position older than that describes nothing Redis
@@ -56,7 +60,7 @@ type Relay struct {
 	cfg     Config
 	connect func(ctx context.Context) (*pgx.Conn, error) // the LISTEN connection
 	store   *outbox.Store
-	pub     *redisbus.Publisher
+	pub     realtime.Publisher
 	log     *slog.Logger
 
 	// OnBatch, if set before Run, is called after each batch Redis accepted
@@ -83,7 +87,7 @@ type Relay struct {
 
 // New returns a Relay. connect opens the direct (not pooled through
 // PgBouncer) connection that holds the lock and LISTENs.
-func New(cfg Config, connect func(ctx context.Context) (*pgx.Conn, error), store *outbox.Store, pub *redisbus.Publisher, log *slog.Logger) *Relay {
+func New(cfg Config, connect func(ctx context.Context) (*pgx.Conn, error), store *outbox.Store, pub realtime.Publisher, log *slog.Logger) *Relay {
 	return &Relay{cfg: cfg, connect: connect, store: store, pub: pub, log: log, ready: make(chan struct{})}
 }
 
@@ -98,11 +102,27 @@ func (r *Relay) Leader() bool { return r.leader.Load() }
 func (r *Relay) Published() int64 { return r.published.Load() }
 
 // Run works until ctx ends, reconnecting with backoff. It returns nil on
-// cancellation.
+// cancellation, and ErrAnotherLeader when an Exclusive relay finds the lock
+// taken.
 func (r *Relay) Run(ctx context.Context) error {
-	retry.Loop(ctx, r.retryPolicy("listener session"), r.session)
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	retry.Loop(ctx, r.retryPolicy("listener session"), func(ctx context.Context, up func()) error {
+		err := r.session(ctx, up)
+		if errors.Is(err, ErrAnotherLeader) {
+			stop(err)
+		}
+		return err
+	})
+	if err := context.Cause(ctx); errors.Is(err, ErrAnotherLeader) {
+		return err
+	}
 	return nil
 }
+
+// ErrAnotherLeader is returned by an Exclusive relay's Run when another
+// process holds the leader lock.
+var ErrAnotherLeader = errors.New("another process relays this database")
 
 func (r *Relay) retryPolicy(what string) retry.Policy {
 	return retry.Policy{Min: 100 * time.Millisecond, Max: r.cfg.MaxBackoff, Log: r.log, What: what}
@@ -158,7 +178,7 @@ func (r *Relay) session(ctx context.Context, up func()) error {
 // outbox, then drain on every wake-up until the connection fails or ctx
 // ends.
 func (r *Relay) relayOutbox(ctx context.Context, conn *pgx.Conn, session string) error {
-	r.log.Info("leading: relaying outbox to redis", "session", session)
+	r.log.Info("leading: relaying outbox", "session", session)
 	if _, err := conn.Exec(ctx, "LISTEN "+Channel); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
@@ -328,6 +348,9 @@ func (r *Relay) acquire(ctx context.Context, conn *pgx.Conn) error {
 		}
 		if got {
 			return nil
+		}
+		if r.cfg.Exclusive {
+			return ErrAnotherLeader
 		}
 		if !logged {
 			r.log.Info("standing by: another listener leads")

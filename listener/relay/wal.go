@@ -59,7 +59,7 @@ func (r *Relay) SlotInvalidations() int64 {
 // messages batch by batch, confirming a position only after Redis accepted
 // and Postgres recorded everything before it.
 func (r *Relay) relayWAL(ctx context.Context, conn *pgx.Conn, session string) error {
-	r.log.Info("leading: relaying WAL slot to redis", "session", session, "slot", r.wal.slot)
+	r.log.Info("leading: relaying WAL slot", "session", session, "slot", r.wal.slot)
 	qctx, cancel := context.WithTimeout(ctx, opTimeout)
 	err := walslot.CheckWALLevel(qctx, conn)
 	cancel()

@@ -23,6 +23,7 @@ import (
 	"github.com/rowcast/rowcast/listener/relay"
 	"github.com/rowcast/rowcast/listener/walslot"
 	"github.com/rowcast/rowcast/migrations"
+	"github.com/rowcast/rowcast/realtime"
 	"github.com/rowcast/rowcast/realtime/redisbus"
 )
 
@@ -44,10 +45,26 @@ type Config struct {
 // ConfigFromEnv reads the configuration; the error names every bad setting.
 func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	r := env.New(lookup)
+	c := readConfig(r)
+	c.RedisURL = connect.RedisURLFromEnv(r)
+	c.RedisAddrMap = connect.RedisAddrMapFromEnv(r)
+	c.HealthAddr = r.String("HEALTH_ADDR", ":8081")
+	return c, r.Err()
+}
+
+// EmbeddedConfigFromEnv reads the relay's configuration for an app that
+// runs it in-process on its own bus: no Redis, no health server (the app's
+// serves).
+func EmbeddedConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
+	r := env.New(lookup)
+	c := readConfig(r)
+	return c, r.Err()
+}
+
+// readConfig reads the Postgres and relay settings.
+func readConfig(r *env.Reader) Config {
 	c := Config{
 		DatabaseURL: r.URL("DATABASE_URL", "", "postgres", "postgresql"),
-		RedisURL:    connect.RedisURLFromEnv(r),
-		HealthAddr:  r.String("HEALTH_ADDR", ":8081"),
 		Capture:     r.String("ROWCAST_CAPTURE", CaptureNotify),
 		WALSlot:     r.String("ROWCAST_WAL_SLOT", "rowcast"),
 		Relay: relay.Config{
@@ -61,7 +78,6 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 			TTL: r.Duration("ROWCAST_HISTORY_TTL", 24*time.Hour, time.Second, 90*24*time.Hour),
 		},
 	}
-	c.RedisAddrMap = connect.RedisAddrMapFromEnv(r)
 	c.ListenDatabaseURL = r.URL("LISTEN_DATABASE_URL", c.DatabaseURL, "postgres", "postgresql")
 	if c.Capture != CaptureNotify && c.Capture != CaptureWAL {
 		r.Fail("ROWCAST_CAPTURE", "%q: want %s or %s", c.Capture, CaptureNotify, CaptureWAL)
@@ -69,7 +85,7 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	if !validSlotName(c.WALSlot) {
 		r.Fail("ROWCAST_WAL_SLOT", "%q: want 1-63 lower-case letters, digits or underscores", c.WALSlot)
 	}
-	return c, r.Err()
+	return c
 }
 
 // MigrateConfig is what `listener migrate` needs: Postgres only.
@@ -148,17 +164,66 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Main, error) {
 		rdb.Close()
 		return nil, fmt.Errorf("HEALTH_ADDR %q: %w", cfg.HealthAddr, err)
 	}
-	connectListen := func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, listenCfg) }
 	store := outbox.NewStore(pool)
+	rel := newRelay(cfg, listenCfg, store, redisbus.NewPublisher(rdb, cfg.History), log)
+	return &Main{cfg: cfg, log: log, pool: pool, rdb: rdb, relay: rel, health: ln, reg: newRegistry(rel, store, pool)}, nil
+}
+
+// newRelay builds the relay of cfg publishing to pub.
+func newRelay(cfg Config, listenCfg *pgx.ConnConfig, store *outbox.Store, pub realtime.Publisher, log *slog.Logger) *relay.Relay {
+	connectListen := func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, listenCfg) }
 	if cfg.Relay.ForgetAfter == 0 {
 		cfg.Relay.ForgetAfter = 2 * cfg.History.TTL
 	}
-	rel := relay.New(cfg.Relay, connectListen, store, redisbus.NewPublisher(rdb, cfg.History), log)
+	rel := relay.New(cfg.Relay, connectListen, store, pub, log)
 	if cfg.Capture == CaptureWAL {
 		rel.CaptureWAL(listenCfg.Config.Copy(), cfg.WALSlot)
 	}
-	return &Main{cfg: cfg, log: log, pool: pool, rdb: rdb, relay: rel, health: ln, reg: newRegistry(rel, store, pool)}, nil
+	return rel
 }
+
+// Embedded is the relay of an app that runs it in-process, publishing to
+// the app's own bus. It is exclusive: with another relay on the database
+// (a listener, or another such app) the two could not share events.
+type Embedded struct {
+	cfg   Config
+	pool  *pgxpool.Pool
+	relay *relay.Relay
+}
+
+// NewEmbedded builds the in-process relay without connecting.
+func NewEmbedded(ctx context.Context, cfg Config, pub realtime.Publisher, log *slog.Logger) (*Embedded, error) {
+	listenCfg, err := connect.PostgresConfig("LISTEN_DATABASE_URL", cfg.ListenDatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := connect.PostgresPool(ctx, "DATABASE_URL", cfg.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Relay.Exclusive = true
+	return &Embedded{cfg: cfg, pool: pool, relay: newRelay(cfg, listenCfg, outbox.NewStore(pool), pub, log)}, nil
+}
+
+// Relay returns the embedded relay.
+func (e *Embedded) Relay() *relay.Relay { return e.relay }
+
+// CheckSchema fails when the database lacks migrations, naming the fix.
+func (e *Embedded) CheckSchema(ctx context.Context) error { return checkSchema(ctx, e.cfg, e.pool) }
+
+// Run relays until ctx ends, or fails with a clear error when another
+// process relays the database.
+func (e *Embedded) Run(ctx context.Context) error {
+	err := e.relay.Run(ctx)
+	if errors.Is(err, relay.ErrAnotherLeader) {
+		return fmt.Errorf("%w: without REDIS_URL this app relays to its own clients only, and two such "+
+			"processes cannot share events; set REDIS_URL (and run listeners) to run more than one", err)
+	}
+	return err
+}
+
+// Close closes the database pool.
+func (e *Embedded) Close() { e.pool.Close() }
 
 // HealthAddr returns the health server's bound address.
 func (m *Main) HealthAddr() string { return m.health.Addr().String() }
@@ -167,16 +232,18 @@ func (m *Main) HealthAddr() string { return m.health.Addr().String() }
 func (m *Main) Relay() *relay.Relay { return m.relay }
 
 // CheckSchema fails when the database lacks migrations, naming the fix.
-func (m *Main) CheckSchema(ctx context.Context) error {
-	n, err := migrations.Pending(ctx, m.cfg.DatabaseURL)
+func (m *Main) CheckSchema(ctx context.Context) error { return checkSchema(ctx, m.cfg, m.pool) }
+
+func checkSchema(ctx context.Context, cfg Config, pool *pgxpool.Pool) error {
+	n, err := migrations.Pending(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("check schema at DATABASE_URL: %w", err)
 	}
 	if n > 0 {
 		return fmt.Errorf("database schema is %d migration(s) behind: run `listener migrate` first", n)
 	}
-	if m.cfg.Capture == CaptureWAL {
-		return CheckWAL(ctx, m.pool)
+	if cfg.Capture == CaptureWAL {
+		return CheckWAL(ctx, pool)
 	}
 	return nil
 }

@@ -15,14 +15,8 @@ import (
 	"github.com/rowcast/rowcast/realtime"
 )
 
-// Event is one outbox row ready to publish. Tail is the encoded event
-// without its id: the members after "id", starting with ',' and ending with
-// the closing '}'. The publish script prepends the id it assigns.
-type Event struct {
-	OutboxID int64
-	Room     realtime.Room
-	Tail     []byte
-}
+// Event is one captured change ready to publish (see realtime.Event).
+type Event = realtime.Event
 
 // HistoryLimits bounds each room's history.
 type HistoryLimits struct {
@@ -160,23 +154,8 @@ func NewPublisher(client redis.UniversalClient, limits HistoryLimits) *Publisher
 // master can fail while the others work.
 func (p *Publisher) Sharded() bool { return p.kind.sharded }
 
-// Result is what one Publish did.
-type Result struct {
-	// Positions holds every room of the batch at its new position, to be
-	// recorded in Postgres with the removal of the published rows.
-	Positions map[realtime.Room]realtime.Position
-	// New counts the events appended (repeats of an outbox id are not).
-	New int
-	// Restarted names, per room that got a new epoch although Postgres had
-	// recorded one, why Redis was not where Postgres said: its clients are
-	// told to reset.
-	Restarted map[realtime.Room]string
-	// Failed holds the rooms whose script failed or whose outcome is
-	// unknown (their shard was unreachable), with the error. They are not
-	// in Positions, and must be published again with the same events in the
-	// same order before anything newer of the room: Redis may hold them.
-	Failed map[realtime.Room]error
-}
+// Result is what one Publish did (see realtime.PublishResult).
+type Result = realtime.PublishResult
 
 // Publish appends events in order, one script call per room, all in one
 // round trip. Postgres is the record and Redis a cache of it: each room's
