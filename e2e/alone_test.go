@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -42,9 +43,10 @@ func startAlone(ctx context.Context, t *testing.T) *alone {
 }
 
 // startApp starts the app at a.addr and waits until it serves and leads.
-func (a *alone) startApp(ctx context.Context, t *testing.T) (*proc.Process, string) {
+func (a *alone) startApp(ctx context.Context, t *testing.T, extra ...string) (*proc.Process, string) {
 	t.Helper()
-	p := startProc(t, "app alone "+a.addr, bins.app, append(a.env, "LISTEN_ADDR="+a.addr))
+	env := append(append(slices.Clone(a.env), "LISTEN_ADDR="+a.addr), extra...)
+	p := startProc(t, "app alone "+a.addr, bins.app, env)
 	base := "http://" + a.addr
 	if err := p.WaitHTTP(ctx, base+"/readyz"); err != nil {
 		t.Fatal(err)
@@ -57,7 +59,8 @@ func (a *alone) startApp(ctx context.Context, t *testing.T) (*proc.Process, stri
 
 // TestAlone runs the pipeline with REDIS_URL unset: one app and one
 // Postgres. Every row reaches WebSocket and SSE clients once and in order,
-// through a Postgres restart and a 50,000-row transaction; clients resuming
+// through a Postgres restart and a 50,000-row transaction; a client that
+// was away resumes from the bus's history; clients resuming
 // across an app restart get reset (the in-process bus starts new epochs);
 // snapshot positions work; a second such app on the database refuses to
 // run, naming REDIS_URL.
@@ -70,7 +73,7 @@ func TestAlone(t *testing.T) {
 	a := startAlone(ctx, t)
 	app, base := a.startApp(ctx, t)
 
-	dial := func(name string, tr wire.Transport, o wire.Options) *wire.Conn {
+	dial := func(t *testing.T, name string, tr wire.Transport, o wire.Options) *wire.Conn {
 		t.Helper()
 		conn, err := wire.Dial(ctx, base, tr, o)
 		if err != nil {
@@ -82,8 +85,8 @@ func TestAlone(t *testing.T) {
 		}
 		return conn
 	}
-	ws := dial("ws", wire.WebSocket, wire.Options{Rooms: []string{"room-a", "room-b"}})
-	sse := dial("sse", wire.SSE, wire.Options{Rooms: []string{"room-a", "room-b"}})
+	ws := dial(t, "ws", wire.WebSocket, wire.Options{Rooms: []string{"room-a", "room-b"}})
+	sse := dial(t, "sse", wire.SSE, wire.Options{Rooms: []string{"room-a", "room-b"}})
 
 	var want []string
 	for _, r := range commitRows(ctx, t, a.url) {
@@ -140,6 +143,42 @@ func TestAlone(t *testing.T) {
 			t.Errorf("from a position: got %v, want only the row the snapshot did not see", got)
 		}
 		expectNoMore(t, "from a position", conn)
+	})
+
+	t.Run("resume", func(t *testing.T) {
+		// A client that was away gets what it missed from the bus's
+		// history, then live.
+		conn := dial(t, "resume", wire.SSE, wire.Options{Rooms: []string{"room-r"}})
+		insert("room-r", "first")
+		if got, _ := collect(ctx, t, "resume", conn, 1); got[0] != "room-r/first" {
+			t.Fatalf("got %v", got)
+		}
+		cursor := conn.Cursor()
+		conn.Close()
+		insert("room-r", "missed-1")
+		insert("room-r", "missed-2")
+		back, err := wire.Dial(ctx, base, wire.SSE, wire.Options{Rooms: []string{"room-r"}, LastEventID: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(back.Close)
+		frames, err := back.WaitSubscribed(ctx, "room-r")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, f := range frames {
+			if f.Event != nil {
+				got = append(got, wire.Body(*f.Event))
+			}
+		}
+		if fmt.Sprint(got) != "[missed-1 missed-2]" {
+			t.Errorf("resumed from %q: replayed %v, want the two missed rows", cursor, got)
+		}
+		insert("room-r", "live")
+		if got, _ := collect(ctx, t, "resumed", back, 1); got[0] != "room-r/live" {
+			t.Errorf("live after the resume: %v", got)
+		}
 	})
 
 	t.Run("postgres restart", func(t *testing.T) {

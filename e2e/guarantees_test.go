@@ -235,10 +235,27 @@ func TestSlowClient(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	_, base, db := startSystem(ctx, t, "ROWCAST_QUEUE_SIZE=128")
+	t.Run("redis", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		_, base, db := startSystem(ctx, t, "ROWCAST_QUEUE_SIZE=128")
+		testSlowClient(ctx, t, base, db)
+	})
+	t.Run("alone", func(t *testing.T) { // no REDIS_URL: the app's in-process bus
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		a := startAlone(ctx, t)
+		_, base := a.startApp(ctx, t, "ROWCAST_QUEUE_SIZE=128")
+		db, err := pgx.Connect(ctx, a.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close(context.Background())
+		testSlowClient(ctx, t, base, db)
+	})
+}
 
+func testSlowClient(ctx context.Context, t *testing.T, base string, db *pgx.Conn) {
 	// The slow client: a raw WebSocket that reads nothing until the end.
 	u := strings.Replace(base, "http", "ws", 1) + "/ws?rooms=slow"
 	slow, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
@@ -288,7 +305,7 @@ func TestSlowClient(t *testing.T) {
 		// queue once; it then resumes, so its delivery still completes.
 		t.Logf("%s fast client: %d rows, %d reconnects", f.Transport, f.Count(), f.Connects()-1)
 	}
-	report(t, "others' latency while one client was slow: %s", percentiles(lat))
+	report(t, "%s: others' latency while one client was slow: %s", t.Name(), percentiles(lat))
 
 	// Now read the slow WebSocket: it ends with close code 4008.
 	read := 0

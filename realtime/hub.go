@@ -479,10 +479,13 @@ func (h *Hub) fanout(e *hubRoom, m Message) {
 // fanoutBatch gives msgs, consecutive events of one room already recorded
 // as the room's last, to every member in as few frames as possible.
 func (h *Hub) fanoutBatch(e *hubRoom, msgs []Message) {
-	if len(msgs) == 0 {
-		return
+	switch len(msgs) {
+	case 0:
+	case 1: // a plain event, not an array of one
+		h.forEach(e, func(c *Client) { c.deliver(msgs[0]) })
+	default:
+		h.forEach(e, func(c *Client) { c.deliverBatch(msgs) })
 	}
-	h.forEach(e, func(c *Client) { c.deliverBatch(msgs) })
 }
 
 func (h *Hub) forEach(e *hubRoom, f func(*Client)) {

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # dev.sh runs the whole system locally: Postgres and Redis (containers,
 # unless DATABASE_URL / REDIS_URL are set), migrations, the listener and the
-# app. Ctrl-C stops everything it started.
+# app. `dev.sh alone` runs only Postgres and the app, which then relays
+# in-process (no Redis, no listener). Ctrl-C stops everything it started.
+#
+# Usage: dev.sh [alone]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PORT="${PORT:-8080}"
+alone=false
+case "${1:-}" in
+	"") ;;
+	alone) alone=true; unset REDIS_URL ;;
+	*) echo "usage: dev.sh [alone]" >&2; exit 2 ;;
+esac
 started=()      # containers this script started
 pids=()         # processes this script started
 
@@ -23,7 +32,7 @@ wait_for() { # wait_for WHAT COMMAND...: retry for 30 s
 	echo "dev: $what did not come up" >&2; return 1
 }
 
-if [[ -z "${DATABASE_URL:-}" || -z "${REDIS_URL:-}" ]]; then
+if [[ -z "${DATABASE_URL:-}" ]] || { ! $alone && [[ -z "${REDIS_URL:-}" ]]; }; then
 	bash scripts/build-images.sh
 fi
 if [[ -z "${DATABASE_URL:-}" ]]; then
@@ -35,7 +44,7 @@ if [[ -z "${DATABASE_URL:-}" ]]; then
 	port=$(docker port "$name" 5432/tcp | head -n1 | sed 's/.*://')
 	export DATABASE_URL="postgres://rowcast:rowcast@127.0.0.1:${port}/rowcast?sslmode=disable"
 fi
-if [[ -z "${REDIS_URL:-}" ]]; then
+if ! $alone && [[ -z "${REDIS_URL:-}" ]]; then
 	name="rowcast-dev-redis-$$"
 	docker run -d --rm --name "$name" -p 127.0.0.1::6379 \
 		"${ROWCAST_REDIS_IMAGE:-rowcast/redis:7}" redis-server --protected-mode no >/dev/null
@@ -45,9 +54,11 @@ if [[ -z "${REDIS_URL:-}" ]]; then
 fi
 
 wait_for "postgres" ./bin/listener migrate
-./bin/listener &
-pids+=($!)
-ROWCAST_DEMO=true LISTEN_ADDR="${LISTEN_ADDR:-:$PORT}" ./bin/app &
+if ! $alone; then
+	./bin/listener &
+	pids+=($!)
+fi
+REDIS_URL="${REDIS_URL:-}" ROWCAST_DEMO=true LISTEN_ADDR="${LISTEN_ADDR:-:$PORT}" ./bin/app &
 pids+=($!)
 wait_for "app" curl -fsS "http://127.0.0.1:${PORT}/readyz"
 
