@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -300,4 +301,25 @@ func (p *proxy) retarget(t *testing.T, target string) {
 		t.Fatal(err)
 	}
 	p.target.Store(u)
+}
+
+// screenshot saves a PNG of the tab's viewport as .cache/screenshots/<name>.png
+// at the repository's top (ignored by git) and returns its path.
+func (tb *tab) screenshot(t *testing.T, name string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, waitTimeout)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+	if err != nil {
+		t.Fatalf("tab %s: screenshot: %v", tb.name, err)
+	}
+	dir := filepath.Join("..", ".cache", "screenshots")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name+".png")
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

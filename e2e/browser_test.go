@@ -15,6 +15,8 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/rowcast/rowcast/realtime"
 )
 
 // TestBrowser drives the demo page (/ and /rowcast.js) in headless Chromium:
@@ -468,4 +470,167 @@ func TestBrowserToken(t *testing.T) {
 	if got := eval[[]string](t, tb, `window.__got`); slices.Contains(got, "LEAK") || len(got) != 2 {
 		t.Fatalf("page received %v", got)
 	}
+}
+
+// TestBrowserPageLoad: page load to live with a snapshot position. Rows
+// exist before the page loads and a writer keeps committing while it loads
+// (its history query, then the subscribe from the history's position) and
+// after: the page lists the history's rows, then every later row, each
+// exactly once, in commit order, whichever side of the snapshot it fell.
+func TestBrowserPageLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser e2e needs Docker and Chromium")
+	}
+	chromium := chromiumPath(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s, base, db := startSystem(ctx, t)
+	browser := startBrowser(ctx, t, chromium)
+	for _, transport := range []string{"websocket", "sse"} {
+		t.Run(transport, func(t *testing.T) { checkPageLoad(ctx, t, browser, s.pgURL, db, base, transport) })
+	}
+}
+
+// writtenRow is a row the test committed: its id and its transaction.
+type writtenRow struct{ id, tx int64 }
+
+// insertTracked commits one chat message and returns its id and transaction.
+func insertTracked(ctx context.Context, db *pgx.Conn, room, body string) (writtenRow, error) {
+	var r writtenRow
+	err := db.QueryRow(ctx, `INSERT INTO chat_message (room, author, body) VALUES ($1, 'e2e', $2)
+		RETURNING id, pg_current_xact_id()::text::bigint`, room, body).Scan(&r.id, &r.tx)
+	return r, err
+}
+
+func checkPageLoad(ctx context.Context, t *testing.T, browser context.Context, pgURL string, db *pgx.Conn, base, transport string) {
+	const before, maxWhile, after = 20, 200, 10
+	room := "browser-load-" + transport
+	var rows []writtenRow
+	for i := range before {
+		r, err := insertTracked(ctx, db, room, fmt.Sprintf("before %d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows = append(rows, r)
+	}
+
+	// The writer commits a row every few milliseconds while the page loads,
+	// until the page is live (or maxWhile rows: the page keeps 500).
+	wdb, err := pgx.Connect(ctx, pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wdb.Close(context.WithoutCancel(ctx))
+	stop, done := make(chan struct{}), make(chan error, 1)
+	var while []writtenRow
+	go func() {
+		tick := time.NewTicker(5 * time.Millisecond) // pacing, not synchronization
+		defer tick.Stop()
+		for i := range maxWhile {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			case <-tick.C:
+			}
+			r, err := insertTracked(ctx, wdb, room, fmt.Sprintf("while %d", i))
+			if err != nil {
+				done <- err
+				return
+			}
+			while = append(while, r)
+		}
+		done <- nil
+	}()
+
+	page := openTab(t, browser, "load-"+transport, fmt.Sprintf("%s/?room=%s&transport=%s", base, room, transport))
+	page.waitFor(t, "live from the history's position", fmt.Sprintf(
+		`document.getElementById("messages").dataset.subscribed === %q && document.getElementById("transport").dataset.state === "open"`, room))
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+	rows = append(rows, while...)
+	for i := range after {
+		r, err := insertTracked(ctx, db, room, fmt.Sprintf("after %d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows = append(rows, r)
+	}
+
+	// What the page must show, from the position it subscribed with: the
+	// newest 50 rows its snapshot saw (the history), then every row it did
+	// not see (the stream).
+	token := eval[string](t, page, `document.getElementById("messages").dataset.position`)
+	snap, err := realtime.ParseSnapshot(token)
+	if err != nil {
+		t.Fatalf("the page's position %q: %v", token, err)
+	}
+	var seen, unseen []int64
+	for _, r := range rows {
+		if snap.Saw(uint64(r.tx)) {
+			seen = append(seen, r.id)
+		} else {
+			unseen = append(unseen, r.id)
+		}
+	}
+	wantHistory := seen[max(0, len(seen)-50):]
+	want := append(slices.Clone(wantHistory), unseen...)
+	page.waitFor(t, "every row", fmt.Sprintf(`document.querySelectorAll("#messages li[data-row-id]").length >= %d && `+
+		`document.querySelector("#messages li:last-child")?.dataset.rowId === "%d"`, len(want), rows[len(rows)-1].id))
+
+	type shownRow struct {
+		RowID   string `json:"rowId"`
+		History bool   `json:"history"`
+	}
+	shown := eval[[]shownRow](t, page, `[...document.querySelectorAll("#messages li[data-row-id]")].map((li) => ({rowId: li.dataset.rowId, history: "history" in li.dataset}))`)
+	count := map[int64]int{}
+	var got []int64
+	var fromHistory int
+	for _, m := range shown {
+		id, err := strconv.ParseInt(m.RowID, 10, 64)
+		if err != nil {
+			t.Fatalf("row id %q: %v", m.RowID, err)
+		}
+		count[id]++
+		got = append(got, id)
+		if m.History {
+			fromHistory++
+		}
+	}
+	for id, n := range count {
+		if n > 1 {
+			t.Errorf("row %d shown %d times", id, n)
+		}
+	}
+	for _, id := range want {
+		if count[id] == 0 {
+			t.Errorf("row %d never shown", id)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("page shows rows %v,\nwant %v (history %d, then %d streamed)", got, want, len(wantHistory), len(unseen))
+	}
+	if fromHistory != len(wantHistory) {
+		t.Errorf("%d rows rendered from the history, want %d", fromHistory, len(wantHistory))
+	}
+	if len(seen) <= 50 && !slices.Equal(wantHistory[:before], idsOf(rows[:before])) {
+		t.Errorf("history does not start with the %d rows written before the page loaded", before)
+	}
+	if ex := page.exceptions(); len(ex) > 0 {
+		t.Errorf("page exceptions: %v", ex)
+	}
+	path := page.screenshot(t, "page-load-"+transport)
+	t.Logf("%s: %d rows before the load, %d while loading (%d of them in the history's snapshot), %d after; "+
+		"shown %d (%d from history, %d streamed), each once; screenshot %s",
+		transport, before, len(while), len(seen)-before, after, len(got), fromHistory, len(got)-fromHistory, path)
+}
+
+func idsOf(rows []writtenRow) []int64 {
+	ids := make([]int64, len(rows))
+	for i, r := range rows {
+		ids[i] = r.id
+	}
+	return ids
 }

@@ -1,7 +1,8 @@
 // Package demo is rowcast's demo application: a chat page (GET /) that
-// shows the rows of public.chat_message as they arrive through the edge,
-// and the form's API (POST /api/messages) that inserts them, so they come
-// back through the trigger like anyone's. The edge server mounts it with
+// shows a room's recent rows of public.chat_message (GET /api/history, with
+// the snapshot position to subscribe from) and then the rows as they arrive
+// through the edge, and the form's API (POST /api/messages) that inserts
+// them, so they come back through the trigger like anyone's. The edge server mounts it with
 // edge.Server.Mount; the page loads the edge's /rowcast.js.
 //
 // Each handler lives in its own file; Routes lists them.
@@ -24,7 +25,7 @@ var static embed.FS
 
 // Config is the demo's configuration.
 type Config struct {
-	Enabled     bool   // ROWCAST_DEMO: serve the APIs that write to the database (the page is always served)
+	Enabled     bool   // ROWCAST_DEMO: serve the APIs that use the database (the page is always served)
 	DatabaseURL string // DATABASE_URL, required when Enabled: where the form inserts chat messages
 }
 
@@ -63,6 +64,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 func (a *App) Routes(g *echo.Group) {
 	g.FileFS("/", "static/index.html", static)
 	g.POST("/api/messages", a.handlePostMessage)
+	g.GET("/api/history", a.handleHistory)
 }
 
 // Close closes the database pool, waiting for the queries in flight. Later

@@ -157,3 +157,17 @@ func portFree(t *testing.T, addr string) {
 	}
 	ln.Close()
 }
+
+// The browser client and its TypeScript declarations are served.
+func TestServesClient(t *testing.T) {
+	s := newTestServer(t)
+	for _, c := range []struct{ path, contentType, want string }{
+		{"/rowcast.js", "javascript", "export function connect"},
+		{"/rowcast.d.ts", "application/typescript; charset=utf-8", "export function connect(opts?: RowcastOptions): Rowcast;"},
+	} {
+		rec := get(s, c.path)
+		if rec.Code != http.StatusOK || !strings.Contains(rec.Header().Get("Content-Type"), c.contentType) || !strings.Contains(rec.Body.String(), c.want) {
+			t.Errorf("GET %s: %d %q, body has %q: %v", c.path, rec.Code, rec.Header().Get("Content-Type"), c.want, strings.Contains(rec.Body.String(), c.want))
+		}
+	}
+}
