@@ -546,6 +546,9 @@ func checkPageLoad(ctx context.Context, t *testing.T, browser context.Context, p
 	page := openTab(t, browser, "load-"+transport, fmt.Sprintf("%s/?room=%s&transport=%s", base, room, transport))
 	page.waitFor(t, "live from the history's position", fmt.Sprintf(
 		`document.getElementById("messages").dataset.subscribed === %q && document.getElementById("transport").dataset.state === "open"`, room))
+	// The page as it first goes live: the history's rows, oldest at the top.
+	eval[bool](t, page, `(document.getElementById("messages").scrollTop = 0, window.scrollTo(0, 0), true)`)
+	onLoad := page.screenshot(t, "page-load-"+transport+"-on-load")
 	close(stop)
 	if err := <-done; err != nil {
 		t.Fatalf("writer: %v", err)
@@ -623,8 +626,8 @@ func checkPageLoad(ctx context.Context, t *testing.T, browser context.Context, p
 	}
 	path := page.screenshot(t, "page-load-"+transport)
 	t.Logf("%s: %d rows before the load, %d while loading (%d of them in the history's snapshot), %d after; "+
-		"shown %d (%d from history, %d streamed), each once; screenshot %s",
-		transport, before, len(while), len(seen)-before, after, len(got), fromHistory, len(got)-fromHistory, path)
+		"shown %d (%d from history, %d streamed), each once; screenshots %s (on load), %s",
+		transport, before, len(while), len(seen)-before, after, len(got), fromHistory, len(got)-fromHistory, onLoad, path)
 }
 
 func idsOf(rows []writtenRow) []int64 {
