@@ -66,13 +66,27 @@ const selectOldest = `
 	SELECT id, room, table_name, op, row_data::text, captured_at, coalesce(tx::text::bigint, 0)
 	FROM rowcast.outbox ORDER BY id LIMIT $1`
 
-const deleteIDs = `DELETE FROM rowcast.outbox WHERE id = ANY($1)`
+// recordRows deletes published rows ($1) and stores their rooms' new
+// positions ($2–$6) in one statement: Postgres runs a data-modifying WITH
+// part to completion whether or not it is read. Empty arrays are fine.
+const recordRows = `
+	WITH deleted AS (DELETE FROM rowcast.outbox WHERE id = ANY($1::bigint[]))
+	` + upsertPositions
 
-// record stores rooms' new positions.
-const record = `
-	INSERT INTO rowcast.room_position AS p (room, epoch, last_offset, redis_run, max_tx, updated_at)
+// recordThenOldest is recordRows followed by the read of the next rows
+// ($7 of them), in one statement. Its snapshot is the statement's, taken
+// before the deletion, so the rows it deletes are left out by id ($1 must
+// not be NULL).
+const recordThenOldest = `
+	WITH deleted AS (DELETE FROM rowcast.outbox WHERE id = ANY($1::bigint[])),
+	recorded AS (` + upsertPositions + `)
+	SELECT id, room, table_name, op, row_data::text, captured_at, coalesce(tx::text::bigint, 0)
+	FROM rowcast.outbox WHERE id <> ALL($1::bigint[]) ORDER BY id LIMIT $7`
+
+// upsertPositions stores rooms' new positions.
+const upsertPositions = `INSERT INTO rowcast.room_position AS p (room, epoch, last_offset, redis_run, max_tx, updated_at)
 	SELECT room, epoch, last_offset, redis_run, max_tx, now()
-	FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[]) AS u(room, epoch, last_offset, redis_run, max_tx)
+	FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[]) AS u(room, epoch, last_offset, redis_run, max_tx)
 	ON CONFLICT (room) DO UPDATE SET epoch = EXCLUDED.epoch, last_offset = EXCLUDED.last_offset,
 		redis_run = EXCLUDED.redis_run, max_tx = EXCLUDED.max_tx, updated_at = EXCLUDED.updated_at`
 
@@ -157,51 +171,68 @@ func (s *Store) Release(ctx context.Context, session string, keep []string) erro
 }
 
 // Record deletes published rows and stores their rooms' positions in one
-// transaction.
+// statement (in WAL mode, with the progress, one pipelined transaction).
 func (s *Store) Record(ctx context.Context, p Published) error {
-	b := &pgx.Batch{}
-	queueRecord(b, p)
-	if b.Len() == 0 {
+	var err error
+	switch {
+	case len(p.IDs) == 0 && len(p.Positions) == 0 && p.WAL == nil:
 		return nil
+	case p.WAL == nil:
+		_, err = s.pool.Exec(ctx, recordRows, recordArgs(p)...)
+	default:
+		b := &pgx.Batch{}
+		queueWAL(b, p)
+		b.Queue(recordRows, recordArgs(p)...)
+		err = s.pool.SendBatch(ctx, b).Close()
 	}
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+	if err != nil {
 		return fmt.Errorf("record %d published rows: %w", len(p.IDs), err)
 	}
 	return nil
 }
 
-// RecordThenOldest is Record followed by Oldest in one round trip (a
-// pipelined batch, run as one implicit transaction).
+// RecordThenOldest is Record followed by Oldest in one round trip and one
+// transaction (in NOTIFY mode, one statement).
 func (s *Store) RecordThenOldest(ctx context.Context, p Published, limit int) ([]Row, error) {
+	args := append(recordArgs(p), limit)
+	if p.WAL == nil {
+		rows, err := s.pool.Query(ctx, recordThenOldest, args...)
+		if err != nil {
+			return nil, fmt.Errorf("record %d published rows, read outbox: %w", len(p.IDs), err)
+		}
+		return collect(rows)
+	}
 	b := &pgx.Batch{}
-	queueRecord(b, p)
-	b.Queue(selectOldest, limit)
+	queueWAL(b, p)
+	b.Queue(recordThenOldest, args...)
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
-	for range b.Len() - 1 {
-		if _, err := br.Exec(); err != nil {
-			return nil, fmt.Errorf("record %d published rows: %w", len(p.IDs), err)
-		}
+	if _, err := br.Exec(); err != nil {
+		return nil, fmt.Errorf("record wal progress: %w", err)
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, fmt.Errorf("read outbox: %w", err)
+		return nil, fmt.Errorf("record %d published rows, read outbox: %w", len(p.IDs), err)
 	}
 	return collect(rows)
 }
 
-func queueRecord(b *pgx.Batch, p Published) {
-	if len(p.IDs) > 0 {
-		b.Queue(deleteIDs, p.IDs)
-	}
+// queueWAL queues the WAL progress of p, if any.
+func queueWAL(b *pgx.Batch, p Published) {
 	if w := p.WAL; w != nil {
 		b.Queue(`INSERT INTO rowcast.wal_progress (slot, commit_lsn, msg_lsn) VALUES ($1, $2, $3)
 			ON CONFLICT (slot) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, msg_lsn = EXCLUDED.msg_lsn`, w.Slot, w.Commit, w.LSN)
 	}
-	if len(p.Positions) == 0 {
-		return
-	}
+}
+
+// recordArgs returns the arguments $1–$6 of recordRows and
+// recordThenOldest; none is NULL.
+func recordArgs(p Published) []any {
 	n := len(p.Positions)
+	ids := p.IDs
+	if ids == nil {
+		ids = []int64{}
+	}
 	rooms, epochs, offsets, runs := make([]string, 0, n), make([]string, 0, n), make([]int64, 0, n), make([]string, 0, n)
 	maxTxs := make([]int64, 0, n)
 	for r, pos := range p.Positions {
@@ -211,7 +242,7 @@ func queueRecord(b *pgx.Batch, p Published) {
 		runs = append(runs, pos.Run)
 		maxTxs = append(maxTxs, int64(pos.MaxTx))
 	}
-	b.Queue(record, rooms, epochs, offsets, runs, maxTxs)
+	return []any{ids, rooms, epochs, offsets, runs, maxTxs}
 }
 
 func collect(rows pgx.Rows) ([]Row, error) {

@@ -18,7 +18,7 @@ import (
 
 // migratedPostgres starts PostgreSQL with rowcast's migrations applied and
 // returns its URL.
-func migratedPostgres(ctx context.Context, t *testing.T) string {
+func migratedPostgres(ctx context.Context, t testing.TB) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs Docker (run without -short)")
