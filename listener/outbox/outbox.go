@@ -76,12 +76,17 @@ const recordRows = `
 // recordThenOldest is recordRows followed by the read of the next rows
 // ($7 of them), in one statement. Its snapshot is the statement's, taken
 // before the deletion, so the rows it deletes are left out by id ($1 must
-// not be NULL).
+// not be NULL): the read steps over each of them, so this suits only a
+// few ids (see RecordThenOldest).
 const recordThenOldest = `
 	WITH deleted AS (DELETE FROM rowcast.outbox WHERE id = ANY($1::bigint[])),
 	recorded AS (` + upsertPositions + `)
 	SELECT id, room, table_name, op, row_data::text, captured_at, coalesce(tx::text::bigint, 0)
 	FROM rowcast.outbox WHERE id <> ALL($1::bigint[]) ORDER BY id LIMIT $7`
+
+// oneStatementIDs is the most ids RecordThenOldest records in one statement
+// with the read; more go as a batch of two.
+const oneStatementIDs = 16
 
 // upsertPositions stores rooms' new positions.
 const upsertPositions = `INSERT INTO rowcast.room_position AS p (room, epoch, last_offset, redis_run, max_tx, updated_at)
@@ -192,11 +197,16 @@ func (s *Store) Record(ctx context.Context, p Published) error {
 }
 
 // RecordThenOldest is Record followed by Oldest in one round trip and one
-// transaction (in NOTIFY mode, one statement).
+// transaction. After a few rows (a row from its notification), in NOTIFY
+// mode, that is one statement, which costs the listener less than two.
+// After more (a batch from a backlog) it is a pipelined batch of the record
+// statement and the read: the read then has a snapshot of its own, without
+// the rows just deleted, which one statement would have to step over
+// (ORDER BY id LIMIT walks them first) and filter out by id, at a cost to
+// Postgres that grows with the batch.
 func (s *Store) RecordThenOldest(ctx context.Context, p Published, limit int) ([]Row, error) {
-	args := append(recordArgs(p), limit)
-	if p.WAL == nil {
-		rows, err := s.pool.Query(ctx, recordThenOldest, args...)
+	if p.WAL == nil && len(p.IDs) <= oneStatementIDs {
+		rows, err := s.pool.Query(ctx, recordThenOldest, append(recordArgs(p), limit)...)
 		if err != nil {
 			return nil, fmt.Errorf("record %d published rows, read outbox: %w", len(p.IDs), err)
 		}
@@ -204,15 +214,18 @@ func (s *Store) RecordThenOldest(ctx context.Context, p Published, limit int) ([
 	}
 	b := &pgx.Batch{}
 	queueWAL(b, p)
-	b.Queue(recordThenOldest, args...)
+	b.Queue(recordRows, recordArgs(p)...)
+	b.Queue(selectOldest, limit)
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return nil, fmt.Errorf("record wal progress: %w", err)
+	for range b.Len() - 1 {
+		if _, err := br.Exec(); err != nil {
+			return nil, fmt.Errorf("record %d published rows: %w", len(p.IDs), err)
+		}
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, fmt.Errorf("record %d published rows, read outbox: %w", len(p.IDs), err)
+		return nil, fmt.Errorf("read outbox: %w", err)
 	}
 	return collect(rows)
 }
