@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 )
@@ -62,5 +63,56 @@ func TestWALProgressCovers(t *testing.T) {
 	}
 	if (WALProgress{}).Covers(1, 1) {
 		t.Error("empty progress covers a message")
+	}
+}
+
+// The trigger's payloads take the one-pass scan, and wherever the scan
+// accepts a payload it agrees with encoding/json; anything unusual goes to
+// encoding/json.
+func FuzzScanNotification(f *testing.F) {
+	for _, p := range []string{
+		`{"i" : 42, "x" : 7, "r" : "lobby", "t" : "public.chat_message", "o" : "INSERT", "a" : 1764460800123456, "d" : {"id": 7, "body": "a } \" b"}}`,
+		`{"i" : 42, "r" : "lobby", "t" : "public.chat_message", "o" : "INSERT", "a" : 1764460800123456, "d" : {"id": 7}}`,
+		`{"i":1,"r":"a","t":"public.t","o":"DELETE","a":1,"d":null}`,
+		`{"i" : 42, "r" : "lo\u0062by", "t" : "public.t", "o" : "INSERT", "a" : 1, "d" : {}}`,
+		`{"i" : 42, "d" : {}, "r" : "lobby", "t" : "public.t", "o" : "INSERT", "a" : 1}`,
+		`{"i" : 42, "i" : 43, "r" : "lobby", "t" : "public.t", "o" : "INSERT", "a" : 1, "d" : {}}`,
+		`{"i" : 042, "r" : "lobby", "t" : "public.t", "o" : "INSERT", "a" : 1, "d" : {}}`,
+		`{"i" : -1, "r" : "lobby", "t" : "public.t", "o" : "INSERT", "a" : 1, "d" : {}}`,
+		`{"i" : 1, "r" : "lobby", "t" : "public.t", "o" : "INSERT", "a" : 1, "d" : {"a": }}`,
+		`{"i" : 1, "r" : "lobby", "t" : "public.t", "o" : "INSERT", "a" : 1, "d" : {} } `,
+		`{"i": 1`,
+		`{}`,
+	} {
+		f.Add(p)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		if len(p) == 0 || p[0] != '{' {
+			return
+		}
+		got, ok := scanNotification(p)
+		if !ok {
+			return
+		}
+		var want notifiedRow
+		if err := json.Unmarshal([]byte(p), &want); err != nil {
+			t.Fatalf("scan accepted %q, which encoding/json refuses: %v", p, err)
+		}
+		if got.ID != want.ID || got.Tx != want.Tx || got.Room != want.Room || got.Table != want.Table || got.Op != want.Op ||
+			got.AtUsec != want.AtUsec || string(got.Data) != string(want.Data) {
+			t.Fatalf("scan of %q: %+v, encoding/json: %+v", p, got, want)
+		}
+	})
+}
+
+func TestTriggerPayloadsTakeTheScan(t *testing.T) {
+	// As json_build_object writes them (migrations 00004 to 00006).
+	for _, p := range []string{
+		`{"i" : 42, "x" : 7, "r" : "lobby", "t" : "public.chat_message", "o" : "INSERT", "a" : 1764460800123456, "d" : {"id": 7, "body": "hi"}}`,
+		`{"i" : 42, "r" : "lobby", "t" : "public.chat_message", "o" : "UPDATE", "a" : 1764460800123456, "d" : {"id": 7}}`,
+	} {
+		if _, ok := scanNotification(p); !ok {
+			t.Errorf("scanNotification(%q) fell back to encoding/json", p)
+		}
 	}
 }

@@ -66,13 +66,32 @@ const selectOldest = `
 	SELECT id, room, table_name, op, row_data::text, captured_at, coalesce(tx::text::bigint, 0)
 	FROM rowcast.outbox ORDER BY id LIMIT $1`
 
-const deleteIDs = `DELETE FROM rowcast.outbox WHERE id = ANY($1)`
+// recordRows deletes published rows ($1) and stores their rooms' new
+// positions ($2–$6) in one statement: Postgres runs a data-modifying WITH
+// part to completion whether or not it is read. Empty arrays are fine.
+const recordRows = `
+	WITH deleted AS (DELETE FROM rowcast.outbox WHERE id = ANY($1::bigint[]))
+	` + upsertPositions
 
-// record stores rooms' new positions.
-const record = `
-	INSERT INTO rowcast.room_position AS p (room, epoch, last_offset, redis_run, max_tx, updated_at)
+// recordThenOldest is recordRows followed by the read of the next rows
+// ($7 of them), in one statement. Its snapshot is the statement's, taken
+// before the deletion, so the rows it deletes are left out by id ($1 must
+// not be NULL): the read steps over each of them, so this suits only a
+// few ids (see RecordThenOldest).
+const recordThenOldest = `
+	WITH deleted AS (DELETE FROM rowcast.outbox WHERE id = ANY($1::bigint[])),
+	recorded AS (` + upsertPositions + `)
+	SELECT id, room, table_name, op, row_data::text, captured_at, coalesce(tx::text::bigint, 0)
+	FROM rowcast.outbox WHERE id <> ALL($1::bigint[]) ORDER BY id LIMIT $7`
+
+// oneStatementIDs is the most ids RecordThenOldest records in one statement
+// with the read; more go as a batch of two.
+const oneStatementIDs = 16
+
+// upsertPositions stores rooms' new positions.
+const upsertPositions = `INSERT INTO rowcast.room_position AS p (room, epoch, last_offset, redis_run, max_tx, updated_at)
 	SELECT room, epoch, last_offset, redis_run, max_tx, now()
-	FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[]) AS u(room, epoch, last_offset, redis_run, max_tx)
+	FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[]) AS u(room, epoch, last_offset, redis_run, max_tx)
 	ON CONFLICT (room) DO UPDATE SET epoch = EXCLUDED.epoch, last_offset = EXCLUDED.last_offset,
 		redis_run = EXCLUDED.redis_run, max_tx = EXCLUDED.max_tx, updated_at = EXCLUDED.updated_at`
 
@@ -157,24 +176,45 @@ func (s *Store) Release(ctx context.Context, session string, keep []string) erro
 }
 
 // Record deletes published rows and stores their rooms' positions in one
-// transaction.
+// statement (in WAL mode, with the progress, one pipelined transaction).
 func (s *Store) Record(ctx context.Context, p Published) error {
-	b := &pgx.Batch{}
-	queueRecord(b, p)
-	if b.Len() == 0 {
+	var err error
+	switch {
+	case len(p.IDs) == 0 && len(p.Positions) == 0 && p.WAL == nil:
 		return nil
+	case p.WAL == nil:
+		_, err = s.pool.Exec(ctx, recordRows, recordArgs(p)...)
+	default:
+		b := &pgx.Batch{}
+		queueWAL(b, p)
+		b.Queue(recordRows, recordArgs(p)...)
+		err = s.pool.SendBatch(ctx, b).Close()
 	}
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+	if err != nil {
 		return fmt.Errorf("record %d published rows: %w", len(p.IDs), err)
 	}
 	return nil
 }
 
-// RecordThenOldest is Record followed by Oldest in one round trip (a
-// pipelined batch, run as one implicit transaction).
+// RecordThenOldest is Record followed by Oldest in one round trip and one
+// transaction. After a few rows (a row from its notification), in NOTIFY
+// mode, that is one statement, which costs the listener less than two.
+// After more (a batch from a backlog) it is a pipelined batch of the record
+// statement and the read: the read then has a snapshot of its own, without
+// the rows just deleted, which one statement would have to step over
+// (ORDER BY id LIMIT walks them first) and filter out by id, at a cost to
+// Postgres that grows with the batch.
 func (s *Store) RecordThenOldest(ctx context.Context, p Published, limit int) ([]Row, error) {
+	if p.WAL == nil && len(p.IDs) <= oneStatementIDs {
+		rows, err := s.pool.Query(ctx, recordThenOldest, append(recordArgs(p), limit)...)
+		if err != nil {
+			return nil, fmt.Errorf("record %d published rows, read outbox: %w", len(p.IDs), err)
+		}
+		return collect(rows)
+	}
 	b := &pgx.Batch{}
-	queueRecord(b, p)
+	queueWAL(b, p)
+	b.Queue(recordRows, recordArgs(p)...)
 	b.Queue(selectOldest, limit)
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
@@ -190,18 +230,22 @@ func (s *Store) RecordThenOldest(ctx context.Context, p Published, limit int) ([
 	return collect(rows)
 }
 
-func queueRecord(b *pgx.Batch, p Published) {
-	if len(p.IDs) > 0 {
-		b.Queue(deleteIDs, p.IDs)
-	}
+// queueWAL queues the WAL progress of p, if any.
+func queueWAL(b *pgx.Batch, p Published) {
 	if w := p.WAL; w != nil {
 		b.Queue(`INSERT INTO rowcast.wal_progress (slot, commit_lsn, msg_lsn) VALUES ($1, $2, $3)
 			ON CONFLICT (slot) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, msg_lsn = EXCLUDED.msg_lsn`, w.Slot, w.Commit, w.LSN)
 	}
-	if len(p.Positions) == 0 {
-		return
-	}
+}
+
+// recordArgs returns the arguments $1–$6 of recordRows and
+// recordThenOldest; none is NULL.
+func recordArgs(p Published) []any {
 	n := len(p.Positions)
+	ids := p.IDs
+	if ids == nil {
+		ids = []int64{}
+	}
 	rooms, epochs, offsets, runs := make([]string, 0, n), make([]string, 0, n), make([]int64, 0, n), make([]string, 0, n)
 	maxTxs := make([]int64, 0, n)
 	for r, pos := range p.Positions {
@@ -211,7 +255,7 @@ func queueRecord(b *pgx.Batch, p Published) {
 		runs = append(runs, pos.Run)
 		maxTxs = append(maxTxs, int64(pos.MaxTx))
 	}
-	b.Queue(record, rooms, epochs, offsets, runs, maxTxs)
+	return []any{ids, rooms, epochs, offsets, runs, maxTxs}
 }
 
 func collect(rows pgx.Rows) ([]Row, error) {

@@ -18,7 +18,7 @@ import (
 
 // migratedPostgres starts PostgreSQL with rowcast's migrations applied and
 // returns its URL.
-func migratedPostgres(ctx context.Context, t *testing.T) string {
+func migratedPostgres(ctx context.Context, t testing.TB) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs Docker (run without -short)")
@@ -153,6 +153,16 @@ func TestCaptureTrigger(t *testing.T) {
 	next, err := store.RecordThenOldest(ctx, outbox.Published{IDs: []int64{rows[0].ID, rows[1].ID}}, 10)
 	if err != nil || len(next) != 10 || next[0].ID != rows[2].ID {
 		t.Fatalf("RecordThenOldest: %d rows, %v", len(next), err)
+	}
+	// More ids than one statement takes: the record and the read go as a
+	// batch, and the read still leaves out what was just deleted.
+	var many []int64
+	for _, r := range rows[3:23] {
+		many = append(many, r.ID)
+	}
+	next, err = store.RecordThenOldest(ctx, outbox.Published{IDs: many}, 10)
+	if err != nil || len(next) != 10 || next[0].ID != rows[2].ID || next[1].ID != rows[23].ID {
+		t.Fatalf("RecordThenOldest of %d ids: %d rows, %v", len(many), len(next), err)
 	}
 	if err := store.Reject(ctx, []int64{rows[2].ID}, "test"); err != nil {
 		t.Fatal(err)

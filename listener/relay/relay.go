@@ -191,15 +191,21 @@ func (r *Relay) relayOutbox(ctx context.Context, conn *pgx.Conn, session string)
 	}
 	r.readyOnce.Do(func() { close(r.ready) })
 
+	// One deadline per safety poll, not a timer per wake-up.
 	nextPoll := time.Now().Add(r.cfg.PollInterval)
+	var poll struct {
+		ctx  context.Context
+		stop context.CancelFunc
+	}
+	poll.ctx, poll.stop = context.WithDeadline(ctx, nextPoll)
+	defer func() { poll.stop() }()
 	for {
-		// While writers that may have missed the sleep are still open, wake
-		// up often to read what they commit (see sleep).
-		wait := time.Until(nextPoll)
+		wctx, cancel := poll.ctx, noCancel
 		if r.fence != 0 {
-			wait = min(wait, r.fencePause)
+			// While writers that may have missed the sleep are still open,
+			// wake up often to read what they commit (see sleep).
+			wctx, cancel = context.WithTimeout(poll.ctx, r.fencePause)
 		}
-		wctx, cancel := context.WithTimeout(ctx, max(wait, 0))
 		n, err := conn.WaitForNotification(wctx)
 		cancel()
 		if ctx.Err() != nil {
@@ -220,6 +226,8 @@ func (r *Relay) relayOutbox(ctx context.Context, conn *pgx.Conn, session string)
 			}
 			r.upkeep(ctx, session)
 			nextPoll = time.Now().Add(r.cfg.PollInterval)
+			poll.stop()
+			poll.ctx, poll.stop = context.WithDeadline(ctx, nextPoll)
 		}
 		var first []outbox.Row
 		if err == nil {
@@ -236,6 +244,8 @@ func (r *Relay) relayOutbox(ctx context.Context, conn *pgx.Conn, session string)
 		}
 	}
 }
+
+func noCancel() {}
 
 // recentIDs bounds the outbox ids a session remembers as published.
 const recentIDs = 1 << 16

@@ -128,6 +128,8 @@ type Publisher struct {
 	client redis.UniversalClient
 	limits HistoryLimits
 	kind   pubsubKind
+	// argLen and argTTL are limits as script arguments, boxed once.
+	argLen, argTTL any
 
 	mu   sync.Mutex
 	runs map[realtime.Room]seenRun // the run_id each room's server last told
@@ -147,7 +149,8 @@ const runRefresh = time.Second
 
 // NewPublisher returns a Publisher writing through client.
 func NewPublisher(client redis.UniversalClient, limits HistoryLimits) *Publisher {
-	return &Publisher{client: client, limits: limits, kind: kindFor(client), runs: map[realtime.Room]seenRun{}}
+	return &Publisher{client: client, limits: limits, kind: kindFor(client), runs: map[realtime.Room]seenRun{},
+		argLen: limits.Len, argTTL: limits.TTL.Milliseconds()}
 }
 
 // Sharded reports whether the publisher writes to a Cluster, where one
@@ -214,11 +217,11 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded ma
 	}
 	// Group by room, keeping each room's order.
 	var rooms []realtime.Room
-	byRoom := map[realtime.Room][]any{}
+	byRoom := map[realtime.Room]*scriptCall{}
 	now := time.Now()
 	p.mu.Lock()
 	for _, e := range events {
-		args, ok := byRoom[e.Room]
+		c, ok := byRoom[e.Room]
 		if !ok {
 			rooms = append(rooms, e.Room)
 			rec := recorded[e.Room]
@@ -226,10 +229,13 @@ func (p *Publisher) publishOnce(ctx context.Context, events []Event, recorded ma
 			if seen, ok := p.runs[e.Room]; !ok || now.Sub(seen.at) >= runRefresh {
 				readRun = "1"
 			}
-			args = []any{epoch, p.limits.Len, p.limits.TTL.Milliseconds(), dedupeKeep, keysFor(e.Room).channel,
-				rec.Last.Epoch, rec.Last.Offset, rec.Run, flag(rec.Unsure), p.kind.publishCommand(), readRun, rec.MaxTx}
+			k := keysFor(e.Room)
+			c = &scriptCall{keys: []string{k.epoch, k.seq, k.history, k.published, k.maxTx}}
+			c.args = append(make([]any, 0, 14), epoch, p.argLen, p.argTTL, argDedupeKeep, k.channel,
+				rec.Last.Epoch, rec.Last.Offset, rec.Run, flag(rec.Unsure), p.kind.publishCommand(), readRun, rec.MaxTx)
+			byRoom[e.Room] = c
 		}
-		byRoom[e.Room] = append(args, e.OutboxID, e.Tail)
+		c.args = append(c.args, e.OutboxID, e.Tail)
 	}
 	p.mu.Unlock()
 	cmds := p.run(ctx, rooms, byRoom)
@@ -295,11 +301,11 @@ const stragglerWait = 250 * time.Millisecond
 // the order of rooms. On a Cluster each master gets its own pipeline, all at
 // once: a master that is down fails its rooms alone instead of holding the
 // others until its replica takes over.
-func (p *Publisher) run(ctx context.Context, rooms []realtime.Room, args map[realtime.Room][]any) []*redis.Cmd {
+func (p *Publisher) run(ctx context.Context, rooms []realtime.Room, calls map[realtime.Room]*scriptCall) []*redis.Cmd {
 	cmds := make([]*redis.Cmd, len(rooms))
 	queue := func(pipe redis.Pipeliner, i int) *redis.Cmd {
-		k := keysFor(rooms[i])
-		return publishScript.EvalSha(ctx, pipe, []string{k.epoch, k.seq, k.history, k.published, k.maxTx}, args[rooms[i]]...)
+		c := calls[rooms[i]]
+		return publishScript.EvalSha(ctx, pipe, c.keys, c.args...)
 	}
 	failed := func(err error) *redis.Cmd {
 		c := redis.NewCmd(ctx)
@@ -317,7 +323,7 @@ func (p *Publisher) run(ctx context.Context, rooms []realtime.Room, args map[rea
 	}
 	byNode := map[*redis.Client][]int{}
 	for i, r := range rooms {
-		node, err := cluster.MasterForKey(ctx, keysFor(r).epoch)
+		node, err := cluster.MasterForKey(ctx, calls[r].keys[0])
 		if err != nil {
 			cmds[i] = failed(fmt.Errorf("find its master: %w", err))
 			continue
@@ -362,6 +368,16 @@ func (p *Publisher) run(ctx context.Context, rooms []realtime.Room, args map[rea
 	}
 	return cmds
 }
+
+// scriptCall is one room's run of the publish script: its keys (epoch,
+// seq, history, published, maxtx) and its arguments.
+type scriptCall struct {
+	keys []string
+	args []any
+}
+
+// argDedupeKeep is dedupeKeep as a script argument, boxed once.
+var argDedupeKeep any = dedupeKeep
 
 // maxSeenRuns bounds the run_id cache; past it, entries too old to be used
 // are dropped (a dropped room's next script reads the run_id again).
