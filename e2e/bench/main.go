@@ -136,6 +136,7 @@ func main() {
 	flag.StringVar(&o.stack.src, "src", os.Getenv("ROWCAST_BENCH_SRC"), "module directory to build app and listener from (default: this one)")
 	flag.StringVar(&o.stack.appURL, "app", "", "base URL of a running app to drive instead of starting one (http://host:port)")
 	flag.IntVar(&o.stack.appPID, "app-pid", 0, "PID of the -app process, for its CPU and memory")
+	flag.BoolVar(&o.stack.memoryBus, "memory-bus", false, "start the app without REDIS_URL, so it relays in-process on its memory bus (no listener; NOTIFY mode; app CPU includes the relay; L is not run)")
 	flag.BoolVar(&o.stack.noListener, "no-listener", false, "a listener already runs against DATABASE_URL: do not start one (L is not run)")
 	flag.IntVar(&o.stack.listenPID, "listener-pid", 0, "PID of that listener, for its CPU and memory")
 	flag.StringVar(&syncCommit, "synchronous-commit", "", "synchronous_commit of the bench's INSERT sessions, e.g. off to leave the disk's fsync out of the latency, or a comma-separated list (each row runs with each); "+
@@ -209,12 +210,19 @@ func main() {
 		err = errors.New("-db-conns must be at least 1")
 	case o.stack.native && o.stack.appURL != "":
 		err = errors.New("-native starts its own servers; -app drives an app that uses other ones")
+	case o.stack.memoryBus && (o.stack.noListener || o.stack.appURL != "" || len(o.modes) > 1 || o.modes[0] != modeNotify):
+		err = errors.New("-memory-bus starts its own app, which relays in NOTIFY mode: drop -no-listener, -app and -capture")
 	case o.stack.noListener && len(o.modes) > 1:
 		err = errors.New("-no-listener: the bench cannot switch a listener it did not start; -capture names that listener's mode")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
+	}
+	if o.stack.memoryBus {
+		// The app is its own listener: nothing to start, switch or drain.
+		o.stack.noListener = true
+		progress("bus: memory (the app runs without REDIS_URL and relays in-process; its CPU includes the relay's)")
 	}
 	if o.stack.appURL != "" && (os.Getenv("DATABASE_URL") == "" || os.Getenv("REDIS_URL") == "") {
 		fmt.Fprintln(os.Stderr, "bench: -app needs DATABASE_URL and REDIS_URL of the servers that app uses")

@@ -30,9 +30,13 @@ type stackConfig struct {
 	appURL     string // an app already running (not started by the bench)
 	appPID     int    // its PID, for CPU and memory figures (0 = unknown)
 	noListener bool   // a listener already runs: do not start one
-	listenPID  int    // its PID (0 = unknown)
-	native     bool   // run Postgres and Redis as processes of this machine, not containers
-	dbConns    int    // connections the inserter holds (the pool allows a few more)
+	// memoryBus starts the app without REDIS_URL: it relays in-process on
+	// its memory bus (no listener; Redis, if started, stays idle), and the
+	// app's CPU includes the relay's.
+	memoryBus bool
+	listenPID int  // its PID (0 = unknown)
+	native    bool // run Postgres and Redis as processes of this machine, not containers
+	dbConns   int  // connections the inserter holds (the pool allows a few more)
 	// statStatements loads pg_stat_statements into the native Postgres
 	// (soak reads the listener's outbox query from it).
 	statStatements bool
@@ -269,11 +273,15 @@ func (s *stack) startApp(ctx context.Context) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.startProc("app", s.bins.app, s.env(
+	env := s.env(
 		"LISTEN_ADDR="+addr,
 		// Every benchmark client comes from a few loopback addresses.
 		"ROWCAST_MAX_CONNS_PER_IP=1000000",
-	))
+	)
+	if s.cfg.memoryBus {
+		env = append(env, "REDIS_URL=") // the last value of a key wins
+	}
+	p, err := s.startProc("app", s.bins.app, env)
 	if err != nil {
 		return nil, err
 	}
