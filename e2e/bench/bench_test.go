@@ -45,6 +45,24 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s: %d event ids not rising within their room, %d unparsed", tr, r.reorder, r.foreign)
 		}
 	}
+	// The app alone (no REDIS_URL) relays in-process: the same load, all
+	// delivered. Before W, which leaves the database in WAL mode (a NOTIFY-
+	// mode relay refuses it).
+	t.Run("memory bus", func(t *testing.T) {
+		progressW = tWriter{t}
+		s.cfg.memoryBus, s.cfg.noListener = true, true
+		defer func() { s.cfg.memoryBus, s.cfg.noListener = false, false }()
+		spec := loadSpec{name: "smoke-memory", tr: ws, clients: 20, rooms: 5, rates: []float64{50}, dur: 3 * time.Second,
+			rowSize: 1024, connectRate: 200, workers: 4, drain: 10 * time.Second, mode: modeNotify}
+		rows, err := s.runLoad(ctx, spec, func(loadRow) {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := rows[0]
+		if r.expected == 0 || r.missing != 0 || r.dups != 0 || r.distinct != r.expected {
+			t.Errorf("memory bus: expected %d, distinct %d, missing %d, duplicates %d: %s", r.expected, r.distinct, r.missing, r.dups, r.note)
+		}
+	})
 	// W scaled down: 2 s of pgbench per row, one run; every row of the
 	// watched table must be published, in both capture modes.
 	t.Run("W", func(t *testing.T) {
