@@ -59,7 +59,7 @@ func (a *alone) startApp(ctx context.Context, t *testing.T, extra ...string) (*p
 
 // TestAlone runs the pipeline with REDIS_URL unset: one app and one
 // Postgres. Every row reaches WebSocket and SSE clients once and in order,
-// through a Postgres restart and a 50,000-row transaction; a client that
+// through a Postgres restart and pause and a 50,000-row transaction; a client that
 // was away resumes from the bus's history; clients resuming
 // across an app restart get reset (the in-process bus starts new epochs);
 // snapshot positions work; a second such app on the database refuses to
@@ -199,6 +199,30 @@ func TestAlone(t *testing.T) {
 			got, _ := collect(ctx, t, name, conn, 10)
 			if got[0] != "room-a/after-restart-0" || got[9] != "room-a/after-restart-9" {
 				t.Errorf("%s after a Postgres restart: %v", name, got)
+			}
+		}
+	})
+
+	t.Run("postgres pause", func(t *testing.T) {
+		// An INSERT sent while Postgres is paused waits; once it runs again
+		// the row comes through the relay's stalled connections.
+		if err := a.pg.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		committed := make(chan error, 1)
+		go func() {
+			_, err := db.Exec(ctx, `INSERT INTO chat_message (room, author, body) VALUES ('room-a', 'e2e', 'after-pause')`)
+			committed <- err
+		}()
+		if err := a.pg.Unpause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-committed; err != nil {
+			t.Fatal(err)
+		}
+		for name, conn := range map[string]*wire.Conn{"ws": ws, "sse": sse} {
+			if got, _ := collect(ctx, t, name, conn, 1); got[0] != "room-a/after-pause" {
+				t.Errorf("%s after a Postgres pause: %v", name, got)
 			}
 		}
 	})

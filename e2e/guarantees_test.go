@@ -305,7 +305,7 @@ func testSlowClient(ctx context.Context, t *testing.T, base string, db *pgx.Conn
 		// queue once; it then resumes, so its delivery still completes.
 		t.Logf("%s fast client: %d rows, %d reconnects", f.Transport, f.Count(), f.Connects()-1)
 	}
-	report(t, "%s: others' latency while one client was slow: %s", t.Name(), percentiles(lat))
+	report(t, "others' latency while one client was slow: %s", percentiles(lat))
 
 	// Now read the slow WebSocket: it ends with close code 4008.
 	read := 0
