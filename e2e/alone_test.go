@@ -149,6 +149,8 @@ func TestAlone(t *testing.T) {
 		// A client that was away gets what it missed from the bus's
 		// history, then live.
 		conn := dial(t, "resume", wire.SSE, wire.Options{Rooms: []string{"room-r"}})
+		// watch stays: once it has the missed rows, they are published.
+		watch := dial(t, "watch", wire.WebSocket, wire.Options{Rooms: []string{"room-r"}})
 		insert("room-r", "first")
 		if got, _ := collect(ctx, t, "resume", conn, 1); got[0] != "room-r/first" {
 			t.Fatalf("got %v", got)
@@ -157,6 +159,7 @@ func TestAlone(t *testing.T) {
 		conn.Close()
 		insert("room-r", "missed-1")
 		insert("room-r", "missed-2")
+		collect(ctx, t, "watch", watch, 3)
 		back, err := wire.Dial(ctx, base, wire.SSE, wire.Options{Rooms: []string{"room-r"}, LastEventID: cursor})
 		if err != nil {
 			t.Fatal(err)
