@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // notifiedRow is the JSON the capture trigger sends as a NOTIFY payload
@@ -152,9 +153,19 @@ func hasControl(s string) bool {
 // notification's JSON without its id; see migration 00005), with id as its
 // ID. ok is false when content is not such a row.
 func ParseMessage(content []byte, id int64) (row Row, ok bool) {
-	var n notifiedRow
-	if err := json.Unmarshal(content, &n); err != nil {
+	if len(content) == 0 || content[0] != '{' {
 		return Row{}, false
+	}
+	// Read in place: a copy of every row was a tenth of a WAL-mode
+	// listener's CPU. What the row keeps is copied out below.
+	n, fast := scanNotification(unsafe.String(unsafe.SliceData(content), len(content)))
+	if fast {
+		n.Room, n.Table, n.Op = strings.Clone(n.Room), strings.Clone(n.Table), strings.Clone(n.Op)
+	} else {
+		n = notifiedRow{}
+		if err := json.Unmarshal(content, &n); err != nil {
+			return Row{}, false
+		}
 	}
 	if n.Room == "" || n.Table == "" || n.Op == "" || len(n.Data) == 0 {
 		return Row{}, false

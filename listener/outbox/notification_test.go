@@ -37,6 +37,17 @@ func TestParseMessage(t *testing.T) {
 		string(row.Data) != `{"id": 7}` || !row.CapturedAt.Equal(time.UnixMicro(1764460800123456)) {
 		t.Fatalf("got %+v, %v", row, ok)
 	}
+	// As migration 00007's triggers write them: compact, and a room that
+	// needs escapes (the slower decoder reads it).
+	for content, room := range map[string]string{
+		`{"x":5797390,"r":"lobby","t":"public.chat_message","o":"INSERT","a":1796278139900669,"d":{"id":3,"room":"lobby"}}`: "lobby",
+		`{"x":5797390,"r":"t\"3","t":"public.chat_message","o":"INSERT","a":1796278139900669,"d":{"id":3,"room":"t\"3"}}`:   `t"3`,
+	} {
+		row, ok := ParseMessage([]byte(content), 5)
+		if !ok || row.ID != 5 || row.Tx != 5797390 || row.Room != room || row.Op != "INSERT" || string(row.Data[:7]) != `{"id":3` {
+			t.Errorf("ParseMessage(%s) = %+v, %v", content, row, ok)
+		}
+	}
 	for _, m := range []string{"", "{", `{"r": "", "t": "public.t", "o": "INSERT", "d": {}}`, `{"r": "a", "t": "public.t", "o": "INSERT"}`, `[1]`} {
 		if _, ok := ParseMessage([]byte(m), 1); ok {
 			t.Errorf("ParseMessage(%q) took it for a row", m)

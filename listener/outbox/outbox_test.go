@@ -172,10 +172,18 @@ func TestCaptureTrigger(t *testing.T) {
 		t.Fatalf("rejected row: %q, %v", reason, err)
 	}
 
-	// A watched table without the named room column fails loudly at write.
-	exec(`CREATE TABLE public.broken (id int)`)
-	exec(`SELECT rowcast.watch('public.broken', 'room')`)
-	if _, err := db.Exec(ctx, `INSERT INTO public.broken VALUES (1)`); err == nil || !strings.Contains(err.Error(), "no column room") {
+	// Watching a table without the named room or hidden column fails loudly.
+	exec(`CREATE TABLE public.broken (id int, room text)`)
+	if _, err := db.Exec(ctx, `SELECT rowcast.watch('public.broken', 'team')`); err == nil || !strings.Contains(err.Error(), "no column team") {
+		t.Fatalf("missing room column: %v", err)
+	}
+	if _, err := db.Exec(ctx, `SELECT rowcast.watch('public.broken', 'room', 'secret')`); err == nil || !strings.Contains(err.Error(), "no column secret to hide") {
+		t.Fatalf("missing hidden column: %v", err)
+	}
+	// A trigger attached by hand runs the generic capture function, which
+	// checks at write.
+	exec(`CREATE TRIGGER rowcast_capture AFTER INSERT ON public.broken FOR EACH ROW EXECUTE FUNCTION rowcast.capture('team')`)
+	if _, err := db.Exec(ctx, `INSERT INTO public.broken VALUES (1, 'a')`); err == nil || !strings.Contains(err.Error(), "no column team") {
 		t.Fatalf("missing room column: %v", err)
 	}
 	// A row far over NOTIFY's 8000-byte payload limit is captured like any other.
