@@ -198,7 +198,13 @@ DECLARE
 BEGIN
     FOR t IN SELECT * FROM pg_trigger WHERE tgname = 'rowcast_capture' AND tgfoid = 'rowcast.capture'::regproc LOOP
         args := rowcast.trigger_args(t.tgargs, t.tgnargs);
-        PERFORM rowcast.watch(t.tgrelid::regclass, args[1], VARIADIC coalesce(args[2:], '{}'));
+        BEGIN
+            PERFORM rowcast.watch(t.tgrelid::regclass, args[1], VARIADIC coalesce(args[2:], '{}'));
+        EXCEPTION WHEN OTHERS THEN
+            -- A trigger whose columns are gone (it fails at every write)
+            -- must not hold back the migration.
+            RAISE WARNING 'rowcast: % keeps the generic capture trigger: %', t.tgrelid::regclass, SQLERRM;
+        END;
     END LOOP;
 END;
 $$;
