@@ -201,6 +201,25 @@ func TestCaptureTrigger(t *testing.T) {
 	if got := big[len(big)-1].Tx; got == 0 || uint32(got) != uint32(last) {
 		t.Errorf("outbox row's tx %d, want the inserting transaction (xmin %d)", got, last)
 	}
+
+	// Watching again rewrites the table's function (here: email is no
+	// longer hidden); unwatch removes trigger and function.
+	exec(`SELECT rowcast.watch('public.account', 'team', 'password_hash')`)
+	exec(`UPDATE public.account SET name = 'again' WHERE id = 200`)
+	again, err := store.Oldest(ctx, 1000)
+	if err != nil || !strings.Contains(string(again[len(again)-1].Data), `"email": "e"`) || strings.Contains(string(again[len(again)-1].Data), "password_hash") {
+		t.Fatalf("after watching again: %s, %v", again[len(again)-1].Data, err)
+	}
+	exec(`SELECT rowcast.unwatch('public.account')`)
+	exec(`DELETE FROM public.account WHERE id = 200`)
+	after, err := store.Oldest(ctx, 1000)
+	if err != nil || len(after) != len(again) {
+		t.Fatalf("unwatched table still captured: %d rows before, %d after, %v", len(again), len(after), err)
+	}
+	var fns int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM pg_proc WHERE proname = 'capture_' || 'public.account'::regclass::oid`).Scan(&fns); err != nil || fns != 0 {
+		t.Fatalf("unwatch left the capture function: %d, %v", fns, err)
+	}
 }
 
 // Positions: marking a room returns its recorded position; a mark left by
