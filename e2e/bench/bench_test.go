@@ -89,6 +89,32 @@ func TestSmoke(t *testing.T) {
 			t.Logf("| %s |", strings.Join(c, " | "))
 		}
 	})
+	// WT scaled down: 1 s per row, one run; every trigger in both states.
+	t.Run("WT", func(t *testing.T) {
+		if _, err := pgbenchPath(); err != nil {
+			t.Skip(err)
+		}
+		progressW = tWriter{t}
+		rows, err := s.runWT(ctx, 1, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) != len(wtStates)*len(wtTriggers) {
+			t.Fatalf("WT: %d rows, want %d", len(rows), len(wtStates)*len(wtTriggers))
+		}
+		for _, r := range rows {
+			if r.tps <= 0 || r.txns == 0 {
+				t.Errorf("WT %s, %s: %.0f tps, %d transactions", r.state, r.trigger, r.tps, r.txns)
+			}
+		}
+		var left int
+		if err := s.db.QueryRow(ctx, `SELECT count(*) FROM rowcast.outbox WHERE table_name LIKE 'public.bench\_wt\_%'`).Scan(&left); err != nil || left != 0 {
+			t.Errorf("WT left %d outbox rows behind (%v)", left, err)
+		}
+		for _, c := range wtTable(rows) {
+			t.Logf("| %s |", strings.Join(c, " | "))
+		}
+	})
 }
 
 // tWriter sends progress lines to the test log.

@@ -22,7 +22,9 @@
 // draining a backlog of 100,000 rows (outbox rows, or in WAL mode messages
 // waiting in the slot); W the capture cost on the primary: pgbench's
 // single-row INSERT throughput into a plain table and into a watched one in
-// each capture mode, with a check that every row was published; soak 10
+// each capture mode, with a check that every row was published; WT the
+// capture trigger alone (no trigger, the generic one, the one watch()
+// writes) with the capture state held in WAL mode and in NOTIFY mode; soak 10
 // minutes at 1,000 rows/s with per-minute latency, outbox dead tuples and
 // the listener's outbox read time (not in all).
 //
@@ -117,7 +119,7 @@ func main() {
 		capture, syncCommit string
 		timeout             time.Duration
 	)
-	flag.StringVar(&scenario, "scenario", "S1", "S1, S2, S3, S4, L, W, soak, a comma-separated list, or all (all but soak)")
+	flag.StringVar(&scenario, "scenario", "S1", "S1, S2, S3, S4, L, W, WT, soak, a comma-separated list, or all (all but soak)")
 	flag.StringVar(&capture, "capture", modeNotify, "the listener's capture mode (ROWCAST_CAPTURE): notify, wal, or both (each row in both, interleaved); W runs plain, notify and wal unless this is given")
 	flag.StringVar(&tr, "transport", "ws", "ws, sse or both")
 	flag.DurationVar(&o.duration, "duration", 0, "override each scenario's duration (S4: per step; S3: how long connections are held)")
@@ -253,6 +255,7 @@ type results struct {
 	idle     []idleRow
 	listener []listenerRow
 	w        []wRow
+	wt       []wtRow
 	soak     [][]loadRow // one soak run per entry, a row per minute
 	notRun   []string
 }
@@ -405,6 +408,12 @@ func run(ctx context.Context, tb testing.TB, o options) (*results, error) {
 						row.behind, row.caughtUp.Seconds())
 					res.w = append(res.w, row)
 				}
+			case "WT":
+				rows, err := s.runWT(ctx, run, dur(10*time.Second))
+				res.wt = append(res.wt, rows...)
+				if err != nil {
+					fail(what("WT", "", "", run), err)
+				}
 			}
 		}
 	}
@@ -421,7 +430,7 @@ func (r *results) print(w io.Writer) {
 			fmt.Fprintf(w, "| %s |\n", strings.Join(c, " | "))
 		}
 	}
-	if r.runs > 1 && len(r.load)+len(r.idle)+len(r.listener)+len(r.w) > 0 {
+	if r.runs > 1 && len(r.load)+len(r.idle)+len(r.listener)+len(r.w)+len(r.wt) > 0 {
 		fmt.Fprintf(w, "\nEach row: medians of %d interleaved runs; latency percentiles with their range (min–max) over the runs. "+
 			"expected, delivered, missing, dup, closed (and S3 failed, closed; L rejected) are totals over the runs, "+
 			"each run's count in parentheses when not 0.\n", r.runs)
@@ -492,6 +501,11 @@ func (r *results) print(w io.Writer) {
 		table(wHeader, rows)
 		notes = append(notes, wnotes...)
 	}
+	if len(r.wt) > 0 {
+		fmt.Fprintf(w, "\nWT: the capture trigger alone (no listener, no slot, the capture state held), pgbench -c %d -j %d as in W. "+
+			"tps and the shares of no trigger are medians over the runs (a share is taken within each run and state), with their range.\n", wClients, wThreads)
+		table(wtHeader, wtTable(r.wt))
+	}
 	for _, run := range r.soak {
 		printSoak(w, table, run)
 	}
@@ -501,7 +515,7 @@ func (r *results) print(w io.Writer) {
 }
 
 func parseScenarios(s string) ([]string, error) {
-	all := []string{"S1", "S2", "S3", "S4", "L", "W"}
+	all := []string{"S1", "S2", "S3", "S4", "L", "W", "WT"}
 	if strings.EqualFold(s, "all") {
 		return all, nil
 	}
@@ -511,7 +525,7 @@ func parseScenarios(s string) ([]string, error) {
 		if p == "SOAK" {
 			p = "soak"
 		} else if !slices.Contains(all, p) {
-			return nil, fmt.Errorf("unknown scenario %q (want S1, S2, S3, S4, L, W, soak or all)", part)
+			return nil, fmt.Errorf("unknown scenario %q (want S1, S2, S3, S4, L, W, WT, soak or all)", part)
 		}
 		out = append(out, p)
 	}
