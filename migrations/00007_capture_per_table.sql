@@ -1,8 +1,7 @@
 -- A capture function per watched table. The generic rowcast.capture() reads
 -- the row through jsonb to find its room column by name, serializes it again
--- for every message, and reads the capture state with a query: about a
--- third of what a single-row INSERT costs the primary (docs/benchmarks.md,
--- issue 11). watch() now writes a function for the table with its room
+-- for every message, and reads the capture state with a query (its cost:
+-- docs/benchmarks.md, issue 11, part 4). watch() now writes a function for the table with its room
 -- column and hidden columns spelled out, which reads NEW.room directly,
 -- sends to_json(NEW) (no jsonb round trip) in WAL mode, builds messages by
 -- concatenation and reads the state with pg_sequence_last_value(), a plain
