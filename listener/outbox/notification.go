@@ -26,20 +26,35 @@ type notifiedRow struct {
 // travel, or its transaction had already sent 16) or anything else that is
 // not a whole row: the caller then reads the outbox.
 func ParseNotification(payload string) (row Row, ok bool) {
-	if len(payload) == 0 || payload[0] != '{' {
+	n, ok := decodeRow(payload)
+	if !ok || n.ID <= 0 {
 		return Row{}, false
 	}
-	n, fast := scanNotification(payload)
+	return n.row(n.ID), true
+}
+
+// decodeRow reads a notification or capture message: in one pass when it
+// is as the trigger writes it, else with encoding/json. Its strings may
+// share p's memory; its Data is a copy.
+func decodeRow(p string) (n notifiedRow, ok bool) {
+	if len(p) == 0 || p[0] != '{' {
+		return notifiedRow{}, false
+	}
+	n, fast := scanNotification(p)
 	if !fast {
 		n = notifiedRow{}
-		if err := json.Unmarshal([]byte(payload), &n); err != nil {
-			return Row{}, false
+		if err := json.Unmarshal([]byte(p), &n); err != nil {
+			return notifiedRow{}, false
 		}
 	}
-	if n.ID <= 0 || n.Room == "" || n.Table == "" || n.Op == "" || len(n.Data) == 0 {
-		return Row{}, false
+	if n.Room == "" || n.Table == "" || n.Op == "" || len(n.Data) == 0 {
+		return notifiedRow{}, false
 	}
-	return Row{ID: n.ID, Room: n.Room, Table: n.Table, Op: n.Op, Data: n.Data, CapturedAt: time.UnixMicro(n.AtUsec), Tx: n.Tx}, true
+	return n, true
+}
+
+func (n notifiedRow) row(id int64) Row {
+	return Row{ID: id, Room: n.Room, Table: n.Table, Op: n.Op, Data: n.Data, CapturedAt: time.UnixMicro(n.AtUsec), Tx: n.Tx}
 }
 
 // scanNotification reads the payload as the trigger writes it
@@ -153,22 +168,12 @@ func hasControl(s string) bool {
 // notification's JSON without its id; see migration 00005), with id as its
 // ID. ok is false when content is not such a row.
 func ParseMessage(content []byte, id int64) (row Row, ok bool) {
-	if len(content) == 0 || content[0] != '{' {
-		return Row{}, false
-	}
 	// Read in place: a copy of every row was a tenth of a WAL-mode
-	// listener's CPU. What the row keeps is copied out below.
-	n, fast := scanNotification(unsafe.String(unsafe.SliceData(content), len(content)))
-	if fast {
-		n.Room, n.Table, n.Op = strings.Clone(n.Room), strings.Clone(n.Table), strings.Clone(n.Op)
-	} else {
-		n = notifiedRow{}
-		if err := json.Unmarshal(content, &n); err != nil {
-			return Row{}, false
-		}
-	}
-	if n.Room == "" || n.Table == "" || n.Op == "" || len(n.Data) == 0 {
+	// listener's CPU. What the row keeps is copied out.
+	n, ok := decodeRow(unsafe.String(unsafe.SliceData(content), len(content)))
+	if !ok {
 		return Row{}, false
 	}
-	return Row{ID: id, Room: n.Room, Table: n.Table, Op: n.Op, Data: n.Data, CapturedAt: time.UnixMicro(n.AtUsec), Tx: n.Tx}, true
+	n.Room, n.Table, n.Op = strings.Clone(n.Room), strings.Clone(n.Table), strings.Clone(n.Op)
+	return n.row(id), true
 }

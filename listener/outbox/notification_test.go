@@ -48,6 +48,16 @@ func TestParseMessage(t *testing.T) {
 			t.Errorf("ParseMessage(%s) = %+v, %v", content, row, ok)
 		}
 	}
+	// The row is read in place, but keeps nothing of the buffer, which the
+	// caller may reuse.
+	buf := []byte(`{"x":1,"r":"lobby","t":"public.t","o":"INSERT","a":1,"d":{"id":1}}`)
+	row, ok = ParseMessage(buf, 7)
+	for i := range buf {
+		buf[i] = 'z'
+	}
+	if !ok || row.Room != "lobby" || row.Table != "public.t" || row.Op != "INSERT" || string(row.Data) != `{"id":1}` {
+		t.Errorf("after the buffer changed: %+v, %v", row, ok)
+	}
 	for _, m := range []string{"", "{", `{"r": "", "t": "public.t", "o": "INSERT", "d": {}}`, `{"r": "a", "t": "public.t", "o": "INSERT"}`, `[1]`} {
 		if _, ok := ParseMessage([]byte(m), 1); ok {
 			t.Errorf("ParseMessage(%q) took it for a row", m)
