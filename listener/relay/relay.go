@@ -541,8 +541,12 @@ func (r *Relay) drainOutbox(ctx context.Context, session string, first []outbox.
 			case <-t.C:
 			}
 		}
-		qctx, cancel := context.WithTimeout(ctx, opTimeout)
-		if fromOutbox && len(rows) < r.cfg.BatchSize && len(r.stuck) == 0 {
+		// What went out is recorded even when shutdown has begun: a row
+		// left in the outbox would be published again by the next leader,
+		// and a bus without Redis's dedupe (one process, no Redis) would
+		// show it twice.
+		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+		if ctx.Err() != nil || (fromOutbox && len(rows) < r.cfg.BatchSize && len(r.stuck) == 0) {
 			err = r.store.Record(qctx, done)
 			rows = nil
 		} else {

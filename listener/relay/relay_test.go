@@ -18,6 +18,7 @@ import (
 	"github.com/rowcast/rowcast/listener/outbox"
 	"github.com/rowcast/rowcast/listener/relay"
 	"github.com/rowcast/rowcast/migrations"
+	"github.com/rowcast/rowcast/realtime"
 	"github.com/rowcast/rowcast/realtime/redisbus"
 )
 
@@ -51,6 +52,12 @@ func setup(t *testing.T, opts ...testenv.StackOption) env {
 // can cut them.
 func newRelay(t *testing.T, e env, name string, tune ...func(*relay.Config)) (*relay.Relay, *connTracker) {
 	t.Helper()
+	return newRelayWith(t, e, name, redisbus.NewPublisher(e.rdb, redisbus.HistoryLimits{Len: 10000, TTL: time.Hour}), tune...)
+}
+
+// newRelayWith builds a relay that publishes with pub.
+func newRelayWith(t *testing.T, e env, name string, pub realtime.Publisher, tune ...func(*relay.Config)) (*relay.Relay, *connTracker) {
+	t.Helper()
 	ctx := context.Background()
 	pool, err := connect.PostgresPool(ctx, "DATABASE_URL", e.pgURL)
 	if err != nil {
@@ -74,7 +81,7 @@ func newRelay(t *testing.T, e env, name string, tune ...func(*relay.Config)) (*r
 	for _, f := range tune {
 		f(&rcfg)
 	}
-	r := relay.New(rcfg, dial, outbox.NewStore(pool), redisbus.NewPublisher(e.rdb, redisbus.HistoryLimits{Len: 10000, TTL: time.Hour}), log)
+	r := relay.New(rcfg, dial, outbox.NewStore(pool), pub, log)
 	return r, tr
 }
 
@@ -127,6 +134,54 @@ func exec(ctx context.Context, t *testing.T, conn *pgx.Conn, sql string, args ..
 	t.Helper()
 	if _, err := conn.Exec(ctx, sql, args...); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// cancelAfterPublish ends the relay (cancel) as soon as a publish went
+// through: shutdown begins between the publish and its record.
+type cancelAfterPublish struct {
+	realtime.Publisher
+	cancel context.CancelFunc
+}
+
+func (p cancelAfterPublish) Publish(ctx context.Context, events []realtime.Event, recorded map[realtime.Room]realtime.Position) (realtime.PublishResult, error) {
+	res, err := p.Publisher.Publish(ctx, events, recorded)
+	if err == nil && len(events) > 0 {
+		p.cancel()
+	}
+	return res, err
+}
+
+// A row published when shutdown begins is still recorded: left in the
+// outbox, the next leader would publish it again, and a bus without Redis's
+// dedupe (one process, no Redis) would show it twice.
+func TestPublishedRowIsRecordedAtShutdown(t *testing.T) {
+	e := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db := dial(ctx, t, e.pgURL)
+	exec(ctx, t, db, `CREATE TABLE public.note (id int PRIMARY KEY, room text)`)
+	exec(ctx, t, db, `SELECT rowcast.watch('public.note', 'room')`)
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	pub := cancelAfterPublish{Publisher: redisbus.NewPublisher(e.rdb, redisbus.HistoryLimits{Len: 10000, TTL: time.Hour}), cancel: stop}
+	r, _ := newRelayWith(t, e, "shutdown", pub)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	// Before or after the relay leads: a notification or its first read
+	// of the outbox brings the row.
+	exec(ctx, t, db, `INSERT INTO public.note VALUES (1, 'shutdown')`)
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatal("the relay did not stop")
+	}
+	if n := historyLen(ctx, t, e.rdb, "shutdown"); n != 1 {
+		t.Fatalf("room history holds %d events, want the one row", n)
+	}
+	var left int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM rowcast.outbox`).Scan(&left); err != nil || left != 0 {
+		t.Fatalf("%d published rows left in the outbox (%v): the next leader would publish them again", left, err)
 	}
 }
 

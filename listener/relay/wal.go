@@ -328,7 +328,8 @@ func (r *Relay) publishMessages(ctx context.Context, session string, msgs []wals
 		*progress = outbox.WALProgress{Slot: r.wal.slot, Commit: int64(msgs[n-1].Commit), LSN: int64(msgs[n-1].LSN)}
 		done.WAL = progress
 	}
-	qctx, cancel := context.WithTimeout(ctx, opTimeout)
+	// Recorded even when shutdown has begun (see drainOutbox).
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 	defer cancel()
 	return r.store.Record(qctx, done)
 }
