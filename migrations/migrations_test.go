@@ -19,14 +19,7 @@ func TestPerTableCaptureMigration(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	pg, err := testenv.StartPostgres(ctx, t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	url, err := pg.URL(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	url := testenv.PostgresURL(ctx, t)
 	db, err := sql.Open("pgx", url)
 	if err != nil {
 		t.Fatal(err)

@@ -191,6 +191,21 @@ func StartPostgres(ctx context.Context, t testing.TB, opts ...Option) (*Postgres
 	return &Postgres{server: *s}, nil
 }
 
+// PostgresURL starts PostgreSQL as StartPostgres does and returns its URL,
+// failing t when it cannot: for tests that need only a database.
+func PostgresURL(ctx context.Context, t testing.TB, opts ...Option) string {
+	t.Helper()
+	pg, err := StartPostgres(ctx, t, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url, err := pg.URL(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return url
+}
+
 // URL is the connection URL from the host,
 // postgres://rowcast:rowcast@127.0.0.1:PORT/rowcast?sslmode=disable.
 // It reads the published port from the engine, so it fails while the

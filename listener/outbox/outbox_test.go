@@ -23,14 +23,7 @@ func migratedPostgres(ctx context.Context, t testing.TB) string {
 	if testing.Short() {
 		t.Skip("needs Docker (run without -short)")
 	}
-	pg, err := testenv.StartPostgres(ctx, t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	url, err := pg.URL(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	url := testenv.PostgresURL(ctx, t)
 	if _, err := migrations.Up(ctx, url); err != nil {
 		t.Fatal(err)
 	}

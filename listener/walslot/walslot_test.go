@@ -46,14 +46,7 @@ func startServer(ctx context.Context, t *testing.T, args ...string) *server {
 	if len(args) > 0 {
 		opts = append(opts, testenv.WithArgs(args...))
 	}
-	pg, err := testenv.StartPostgres(ctx, t, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	url, err := pg.URL(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	url := testenv.PostgresURL(ctx, t, opts...)
 	conf, err := pgconn.ParseConfig(url)
 	if err != nil {
 		t.Fatal(err)

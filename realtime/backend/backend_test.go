@@ -23,14 +23,7 @@ func TestPositionNamesTheTransactionsSnapshot(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	pg, err := testenv.StartPostgres(ctx, t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	url, err := pg.URL(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	url := testenv.PostgresURL(ctx, t)
 	if _, err := migrations.Up(ctx, url); err != nil {
 		t.Fatal(err)
 	}
